@@ -1,0 +1,130 @@
+"""The ``stbp`` command: train, eval, presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from stbp.errors import StbpError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stbp",
+        description="Train spiking neural networks with spatio-temporal backpropagation "
+        "(Wu et al. 2018).",
+    )
+    from stbp import __version__
+
+    p.add_argument("--version", action="version", version=f"stbp {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a network from a preset or config file")
+    t.add_argument("--preset", help="a preset name (see `stbp presets`)")
+    t.add_argument("--config", help="a TOML config file (applied on top of --preset, if given)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=V",
+                   help="override one setting, e.g. --set train.lr=0.0005 (repeatable)")
+    t.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
+    t.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
+    t.add_argument("--data-dir", help="folder holding the dataset files (default: $STBP_DATA, "
+                   "the cache, then a download)")
+    t.add_argument("--out", help="run directory (default: runs/PRESET-seedS-TIME)")
+    t.add_argument("--limit-train", type=int, help="use only the first N training images")
+    t.add_argument("--limit-eval", type=int,
+                   help="use only the first N validation and test images")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (same result as uninterrupted)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on the validation and test splits")
+    e.add_argument("--run", required=True, help="the run directory written by `stbp train`")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--data-dir", help="folder holding the dataset files")
+    e.add_argument("--limit-eval", type=int, help="use only the first N val/test images")
+
+    pr = sub.add_parser("presets", help="list the presets, or print one to copy and edit")
+    pr.add_argument("name", nargs="?", help="print this preset's TOML")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from stbp.config import load_config, to_toml
+    from stbp.train import train
+
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.resume:
+        if not args.out:
+            raise StbpError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = Path(args.out) / "config.toml"
+        if not saved.is_file():
+            raise StbpError(f"--resume: {saved} not found; nothing to resume")
+        cfg = load_config(config=saved)
+        if args.preset or args.config or overrides:
+            given = load_config(args.preset, args.config, overrides)
+            if given != cfg:
+                raise StbpError(f"--resume: the given settings differ from {saved}")
+    else:
+        cfg = load_config(args.preset, args.config, overrides)
+    out = args.out
+    if out is None:
+        name = args.preset or Path(args.config).stem
+        out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"stbp: run directory {out}", file=sys.stderr)
+    print(to_toml(cfg), file=sys.stderr)
+    summary = train(
+        cfg, out, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
+        limit_eval=args.limit_eval, progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from stbp.train import eval_run
+
+    result = eval_run(args.run, data_dir=args.data_dir, checkpoint=args.checkpoint,
+                      limit_eval=args.limit_eval)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from stbp.config import preset_description, preset_names, preset_path
+
+    if args.name:
+        print(preset_path(args.name).read_text(), end="")
+        return 0
+    for name in preset_names():
+        print(f"{name:12s}  {preset_description(name)}")
+    print("\n`stbp presets NAME > my.toml` prints one to edit; train it with --config my.toml")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": _train, "eval": _eval, "presets": _presets}
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return handlers[args.command](args)
+    except StbpError as err:
+        print(f"stbp: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stbp: interrupted (use --resume to continue a training run)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Run configuration: presets (TOML files shipped with stbp), user files and overrides.
+
+A configuration has five tables — ``[data]``, ``[model]``, ``[neuron]``, ``[encoding]`` and
+``[train]`` — each checked against :data:`SCHEMA` so that a typo or a bad value fails with one
+message naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from stbp.errors import StbpError
+from stbp.functional.lif import RESETS
+from stbp.functional.surrogate import SURROGATES, get_surrogate
+
+__all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override"]
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pos_num(v: Any) -> bool:
+    return _num(v) and v > 0
+
+
+def _nonneg_num(v: Any) -> bool:
+    return _num(v) and v >= 0
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) >= 1 and all(_pos_int(x) for x in v)
+
+
+def _one_of(*options: str):
+    def check(v: Any) -> bool:
+        return v in options
+
+    check.__doc__ = "one of: " + ", ".join(options)
+    return check
+
+
+def _surrogate_name(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        get_surrogate(v)
+    except StbpError:
+        return False
+    return True
+
+
+_surrogate_name.__doc__ = "one of: " + ", ".join(SURROGATES)
+_pos_int.__doc__ = "an integer > 0"
+_nonneg_int.__doc__ = "an integer >= 0"
+_pos_num.__doc__ = "a number > 0"
+_nonneg_num.__doc__ = "a number >= 0"
+_int_list.__doc__ = "a non-empty list of integers > 0"
+
+
+def _decay(v: Any) -> bool:
+    return _num(v) and 0 < v <= 1
+
+
+_decay.__doc__ = "a number in (0, 1]"
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+_bool.__doc__ = "true or false"
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+_str.__doc__ = "a non-empty string"
+
+#: table -> key -> (check, required)
+SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
+    "data": {
+        "dataset": (_one_of("mnist"), True),
+        "validation": (_nonneg_int, False),
+    },
+    "model": {
+        "kind": (_one_of("mlp", "cnn"), True),
+        "sizes": (_int_list, False),
+        "channels": (_int_list, False),
+        "hidden": (_int_list, False),
+        "kernel_size": (_pos_int, False),
+        "init": (_one_of("paper", "default"), False),
+    },
+    "neuron": {
+        "decay": (_decay, True),
+        "threshold": (_pos_num, True),
+        "surrogate": (_surrogate_name, False),
+        "width": (_pos_num, False),
+        "reset": (_one_of(*RESETS), False),
+        "temporal": (_bool, False),
+    },
+    "encoding": {
+        "kind": (_one_of("bernoulli"), False),
+        "steps": (_pos_int, True),
+    },
+    "train": {
+        "epochs": (_pos_int, True),
+        "batch_size": (_pos_int, True),
+        "eval_batch_size": (_pos_int, False),
+        "optimizer": (_one_of("adam", "sgd"), False),
+        "lr": (_pos_num, True),
+        "momentum": (_nonneg_num, False),
+        "weight_decay": (_nonneg_num, False),
+        "schedule": (_one_of("none", "cosine", "step"), False),
+        "step_epochs": (_pos_int, False),
+        "step_gamma": (_pos_num, False),
+        "loss": (_one_of("mse", "cross_entropy"), False),
+        "seed": (_nonneg_int, False),
+    },
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"validation": 5000},
+    "model": {"init": "paper"},
+    "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True},
+    "encoding": {"kind": "bernoulli"},
+    "train": {
+        "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
+        "schedule": "cosine", "step_epochs": 30, "step_gamma": 0.1, "loss": "mse", "seed": 0,
+    },
+}
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with stbp."""
+    folder = resources.files("stbp") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name: str) -> Path:
+    if name not in preset_names():
+        raise StbpError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return Path(str(resources.files("stbp") / "presets" / f"{name}.toml"))
+
+
+def preset_description(name: str) -> str:
+    first = preset_path(name).read_text().splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StbpError(f"config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StbpError(f"config {path}: cannot read ({err})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise StbpError(f"config {path}: not valid TOML ({err})") from None
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Table-wise merge: keys in ``over`` replace those in ``base``."""
+    out = copy.deepcopy(base)
+    for table, values in over.items():
+        if isinstance(values, dict) and isinstance(out.get(table), dict):
+            out[table].update(copy.deepcopy(values))
+        else:
+            out[table] = copy.deepcopy(values)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.lr=0.001"`` → ``{"train": {"lr": 0.001}}`` (the value is read as TOML)."""
+    key, sep, value = text.partition("=")
+    table, dot, name = key.strip().partition(".")
+    if not sep or not dot or not table or not name:
+        raise StbpError(f"--set {text!r}: expected TABLE.KEY=VALUE, e.g. train.lr=0.001")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word, e.g. surrogate=gaussian
+    return {table: {name: parsed}}
+
+
+def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check every table and key against :data:`SCHEMA`; return the config with defaults filled."""
+    if not isinstance(cfg, dict):
+        raise StbpError(f"config {source}: expected tables, got {type(cfg).__name__}")
+    for table in cfg:
+        if table not in SCHEMA:
+            raise StbpError(
+                f"config {source}: unknown table [{table}]; expected {', '.join(SCHEMA)}"
+            )
+    out: dict[str, Any] = {}
+    for table, keys in SCHEMA.items():
+        values = cfg.get(table, {})
+        if not isinstance(values, dict):
+            raise StbpError(f"config {source}: [{table}] must be a table")
+        for key, value in values.items():
+            if key not in keys:
+                raise StbpError(
+                    f"config {source}: unknown key {key!r} in [{table}]; expected one of "
+                    f"{', '.join(keys)}"
+                )
+            check, _ = keys[key]
+            if not check(value):
+                raise StbpError(
+                    f"config {source}: [{table}] {key} = {value!r} is invalid; expected "
+                    f"{check.__doc__}"
+                )
+        for key, (_, required) in keys.items():
+            if required and key not in values:
+                raise StbpError(f"config {source}: [{table}] is missing the required key {key!r}")
+        out[table] = {**DEFAULTS.get(table, {}), **values}
+    model = out["model"]
+    if model["kind"] == "mlp" and "sizes" not in model:
+        raise StbpError(f"config {source}: [model] kind = 'mlp' needs sizes = [in, ..., out]")
+    if model["kind"] == "mlp" and len(model["sizes"]) < 2:
+        raise StbpError(f"config {source}: [model] sizes needs at least 2 entries")
+    if model["kind"] == "cnn" and "sizes" in model:
+        raise StbpError(f"config {source}: [model] sizes is for mlp; cnn uses channels/hidden")
+    return out
+
+
+def load_config(
+    preset: str | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """A validated configuration: a preset, then a user file on top, then ``--set`` overrides."""
+    if preset is None and config is None:
+        raise StbpError("give --preset NAME or --config FILE (see `stbp presets`)")
+    cfg: dict[str, Any] = {}
+    sources = []
+    if preset is not None:
+        cfg = _read_toml(preset_path(preset))
+        sources.append(f"preset {preset}")
+    if config is not None:
+        cfg = merge(cfg, _read_toml(Path(config)))
+        sources.append(str(config))
+    for item in overrides or []:
+        cfg = merge(cfg, parse_override(item))
+        sources.append(f"--set {item}")
+    return validate(cfg, " + ".join(sources))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise StbpError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """Write a (validated, flat-tabled) config as TOML."""
+    lines = []
+    for table, values in cfg.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)

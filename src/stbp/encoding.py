@@ -1,0 +1,44 @@
+"""Input encoding: turn intensities into spike trains of T steps."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from stbp.errors import StbpError
+
+__all__ = ["bernoulli", "direct"]
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise StbpError(f"the number of time steps T must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def bernoulli(x: Tensor, steps: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """Rate coding (paper Sec. 3.1): at each step each input spikes with probability = its value.
+
+    Args:
+        x: intensities in [0, 1], any shape ``[B, ...]``.
+        steps: T.
+        generator: a seeded :class:`torch.Generator` for reproducible spike trains.
+
+    Returns:
+        A 0/1 tensor ``[T, B, ...]`` of the dtype of ``x``.
+    """
+    steps = _check_steps(steps)
+    if not x.is_floating_point():
+        raise StbpError(f"bernoulli encoding needs floating intensities in [0, 1], got {x.dtype}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise StbpError(
+            f"bernoulli encoding needs intensities in [0, 1], got range [{x.min():g}, {x.max():g}]"
+        )
+    noise = torch.rand((steps, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
+    return (noise < x).to(x.dtype)
+
+
+def direct(x: Tensor, steps: int) -> Tensor:
+    """Analog ("direct") input: the same intensities at every step, ``[T, B, ...]`` (a view)."""
+    steps = _check_steps(steps)
+    return x.unsqueeze(0).expand(steps, *x.shape)

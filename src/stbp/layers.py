@@ -1,0 +1,137 @@
+"""Multi-step spiking layers on ``[T, B, ...]`` tensors.
+
+Each synaptic layer runs one matmul/conv over all T steps at once (E1, no delay between layers),
+then the LIF recurrence (:func:`stbp.functional.lif`) over the time axis.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stbp.errors import StbpError
+from stbp.functional.lif import LIFParams, lif_with
+from stbp.functional.surrogate import SurrogateLike
+
+__all__ = ["LIF", "Linear", "Conv2d", "AvgPool2d", "Flatten"]
+
+
+def _check_steps_batch(x: Tensor, min_dim: int, layer: str) -> None:
+    if x.dim() < min_dim:
+        raise StbpError(
+            f"{layer} expects input of shape [T, B, ...] with at least {min_dim} dimensions, got "
+            f"shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise StbpError(f"{layer} got T = 0 time steps; T must be >= 1")
+
+
+class LIF(nn.Module):
+    """A layer of iterative LIF neurons (E2–E4) with STBP gradients; no parameters.
+
+    Input: the current ``[T, ...]``; output: spikes of the same shape. After a forward pass with
+    ``record=True`` the membrane potentials are kept in ``self.membrane`` (for plots/analysis).
+    """
+
+    def __init__(
+        self,
+        *,
+        decay: float,
+        threshold: float,
+        surrogate: SurrogateLike = "rectangular",
+        width: float = 1.0,
+        reset: str = "zero",
+        temporal: bool = True,
+    ) -> None:
+        super().__init__()
+        self.params = LIFParams.make(
+            decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
+            temporal=temporal,
+        )
+        self.record = False
+        self.membrane: Tensor | None = None
+
+    def forward(self, current: Tensor) -> Tensor:
+        _check_steps_batch(current, 2, "LIF")
+        if self.record:
+            spikes, self.membrane = lif_with(current, self.params, return_membrane=True)
+            return spikes
+        return lif_with(current, self.params)
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return (
+            f"decay={p.decay:g}, threshold={p.threshold:g}, surrogate={p.surrogate!r}, "
+            f"reset={p.reset!r}, temporal={p.temporal}"
+        )
+
+
+class Linear(nn.Module):
+    """Fully connected synapses + LIF neurons: o^{t,n} = LIF(W o^{t,n-1} + b) for all t at once."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, **neuron) -> None:
+        super().__init__()
+        self.synapse = nn.Linear(in_features, out_features, bias=bias)
+        self.neuron = LIF(**neuron)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_steps_batch(x, 3, "Linear")
+        if x.shape[-1] != self.synapse.in_features:
+            raise StbpError(
+                f"Linear expects {self.synapse.in_features} input features, got shape "
+                f"{tuple(x.shape)}"
+            )
+        return self.neuron(self.synapse(x))
+
+
+class Conv2d(nn.Module):
+    """2-D convolution synapses + LIF neurons on ``[T, B, C, H, W]`` (one conv over T·B images)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        **neuron,
+    ) -> None:
+        super().__init__()
+        self.synapse = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
+        )
+        self.neuron = LIF(**neuron)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_steps_batch(x, 5, "Conv2d")
+        steps, batch = x.shape[:2]
+        current = self.synapse(x.flatten(0, 1))
+        return self.neuron(current.unflatten(0, (steps, batch)))
+
+
+class AvgPool2d(nn.Module):
+    """Average pooling of spikes over ``[T, B, C, H, W]`` (the paper's P2 layers)."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_steps_batch(x, 5, "AvgPool2d")
+        steps, batch = x.shape[:2]
+        y = F.avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride)
+        return y.unflatten(0, (steps, batch))
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class Flatten(nn.Module):
+    """Flatten everything after ``[T, B]``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_steps_batch(x, 2, "Flatten")
+        return x.flatten(2) if x.dim() > 2 else x

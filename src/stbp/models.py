@@ -1,0 +1,98 @@
+"""The paper's networks, built from :mod:`stbp.layers`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from stbp import layers
+from stbp.errors import StbpError
+from stbp.init import paper_init_
+
+__all__ = ["SpikingNet", "mlp", "cnn", "build"]
+
+
+class SpikingNet(nn.Sequential):
+    """A sequence of multi-step layers mapping input spikes ``[T, B, ...]`` to output spikes."""
+
+    def lif_layers(self) -> list[layers.LIF]:
+        return [m for m in self.modules() if isinstance(m, layers.LIF)]
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - see class docstring
+        if x.dim() < 3:
+            raise StbpError(
+                f"the network expects input spikes of shape [T, B, ...], got shape {tuple(x.shape)}"
+            )
+        return super().forward(x)
+
+
+def _finish(net: SpikingNet, init: str, seed: int | None) -> SpikingNet:
+    if init == "paper":
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        paper_init_(net, generator=gen)
+    elif init != "default":
+        raise StbpError(f"unknown init {init!r}; choose 'paper' or 'default'")
+    return net
+
+
+def mlp(
+    sizes: Sequence[int], *, init: str = "paper", seed: int | None = None, **neuron
+) -> SpikingNet:
+    """A spiking MLP, e.g. ``mlp([784, 800, 10], decay=0.1, threshold=0.5)`` (paper: 784-800-10).
+
+    Input spikes ``[T, B, sizes[0]]`` (or any trailing shape that flattens to it); output spikes
+    ``[T, B, sizes[-1]]``. ``neuron`` holds the :func:`stbp.functional.lif` settings.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
+        raise StbpError(f"mlp sizes must be >= 2 positive integers, got {sizes!r}")
+    mods: list[nn.Module] = [layers.Flatten()]
+    mods += [layers.Linear(a, b, **neuron) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    return _finish(SpikingNet(*mods), init, seed)
+
+
+def cnn(
+    *,
+    in_channels: int = 1,
+    image_size: int = 28,
+    channels: Sequence[int] = (15, 40),
+    kernel_size: int = 5,
+    hidden: Sequence[int] = (300,),
+    classes: int = 10,
+    init: str = "paper",
+    seed: int | None = None,
+    **neuron,
+) -> SpikingNet:
+    """The paper's CNN, 28×28-15C5-P2-40C5-P2-300-10, by default.
+
+    Each ``C`` is a 'same'-padded conv + LIF, each ``P2`` a 2×2 average pooling of spikes.
+    Input spikes ``[T, B, in_channels, image_size, image_size]``; output ``[T, B, classes]``.
+    """
+    if kernel_size % 2 == 0:
+        raise StbpError(f"cnn kernel_size must be odd (same padding), got {kernel_size}")
+    size = image_size
+    mods: list[nn.Module] = []
+    prev = in_channels
+    for c in channels:
+        if size < 2:
+            raise StbpError(f"cnn: image_size {image_size} is too small for {len(channels)} pools")
+        mods += [
+            layers.Conv2d(prev, c, kernel_size, padding=kernel_size // 2, **neuron),
+            layers.AvgPool2d(2),
+        ]
+        prev, size = c, size // 2
+    mods.append(layers.Flatten())
+    dims = [prev * size * size, *hidden, classes]
+    mods += [layers.Linear(a, b, **neuron) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    return _finish(SpikingNet(*mods), init, seed)
+
+
+def build(kind: str, **kwargs) -> SpikingNet:
+    """Build a model by name ("mlp" or "cnn") from keyword settings (as in a preset's [model])."""
+    if kind == "mlp":
+        return mlp(**kwargs)
+    if kind == "cnn":
+        return cnn(**kwargs)
+    raise StbpError(f"unknown model kind {kind!r}; choose 'mlp' or 'cnn'")

@@ -1,0 +1,310 @@
+"""The trainer behind ``stbp train`` / ``stbp eval``: data → encoding → network → loss (E5) → STBP.
+
+A run directory holds ``config.toml`` (the resolved configuration), ``metrics.jsonl`` (one line
+per epoch), ``summary.json``, ``best.pt`` (the best-validation model) and ``last.pt`` (everything
+needed to resume). Every random draw (init, shuffling, spike encoding) comes from a generator
+seeded by (seed, epoch), so a resumed run reaches the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from stbp import encoding
+from stbp.config import to_toml, validate
+from stbp.data.mnist import MNISTSplit, load_mnist
+from stbp.errors import StbpError
+from stbp.loss import get_loss, predict
+from stbp.models import SpikingNet, build
+
+__all__ = ["build_model", "train", "evaluate", "eval_run", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "stbp-checkpoint-v1"
+_EVAL_SEED = 2_000_003  # spike trains for val/test are fixed across epochs and runs of a seed
+
+
+def _gen(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def build_model(cfg: dict[str, Any]) -> SpikingNet:
+    """The network described by a validated config's [model] and [neuron] tables."""
+    model = dict(cfg["model"])
+    kind = model.pop("kind")
+    return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
+
+
+def _images(split: MNISTSplit, idx: Tensor) -> Tensor:
+    return split.images[idx].unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: MNISTSplit, steps: int, *, seed: int, batch_size: int = 1000
+) -> float:
+    """Accuracy (in %) of ``model`` on ``split`` with fixed (seeded) Bernoulli spike trains."""
+    if len(split) == 0:
+        return float("nan")
+    model.eval()
+    gen = _gen(_EVAL_SEED, seed)
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(split)))
+        spikes = encoding.bernoulli(_images(split, idx), steps, generator=gen)
+        correct += int((predict(model(spikes)) == split.labels[idx]).sum())
+    return 100.0 * correct / len(split)
+
+
+def _optimizer(model: nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
+    if tcfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    return torch.optim.SGD(
+        model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
+        weight_decay=tcfg["weight_decay"],
+    )
+
+
+def _schedule(opt: torch.optim.Optimizer, tcfg: dict[str, Any], steps_per_epoch: int):
+    total = tcfg["epochs"] * steps_per_epoch
+    kind = tcfg["schedule"]
+
+    def factor(step: int) -> float:
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if kind == "step":
+            return tcfg["step_gamma"] ** (step // (tcfg["step_epochs"] * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a stbp checkpoint (tensors and plain data only; nothing is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StbpError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise StbpError(f"checkpoint {path}: unreadable or corrupt ({err.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise StbpError(f"checkpoint {path}: not a stbp checkpoint")
+    for key in ("config", "model", "epoch"):
+        if key not in ckpt:
+            raise StbpError(f"checkpoint {path}: missing {key!r}")
+    return ckpt
+
+
+def _model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[SpikingNet, dict]:
+    cfg = validate(ckpt["config"], f"{path} (saved config)")
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise StbpError(f"checkpoint {path}: weights do not fit the saved model ({err})") from None
+    return model, cfg
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(
+    cfg: dict[str, Any],
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    limit_train: int | None = None,
+    limit_eval: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the configured network; write the run directory ``out``; return the summary."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    limits = {"limit_train": limit_train, "limit_eval": limit_eval}
+    for name, value in limits.items():
+        if value is not None and value < 1:
+            raise StbpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    state: dict[str, Any] | None = None
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        if state["config"] != cfg:
+            raise StbpError(
+                f"--resume: the configuration differs from the one saved in {out}/config.toml"
+            )
+        if state.get("limits") != limits:
+            raise StbpError(
+                f"--resume: --limit-train/--limit-eval differ from the run's {state.get('limits')}"
+            )
+    elif last_path.is_file() or (out / "summary.json").is_file():
+        raise StbpError(f"--out {out}: already holds a run; use --resume or another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.toml", to_toml(cfg))
+
+    tcfg, steps = cfg["train"], cfg["encoding"]["steps"]
+    seed = tcfg["seed"]
+    data = load_mnist(data_dir, validation=cfg["data"]["validation"])
+    train_split = data["train"].subset(limit_train)
+    val_split, test_split = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
+    if len(train_split) == 0:
+        raise StbpError("the training split is empty")
+
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    opt = _optimizer(model, tcfg)
+    batch = tcfg["batch_size"]
+    steps_per_epoch = math.ceil(len(train_split) / batch)
+    sched = _schedule(opt, tcfg, steps_per_epoch)
+    loss_fn = get_loss(tcfg["loss"])
+
+    history: list[dict[str, Any]] = []
+    best = {"val_acc": -1.0, "epoch": 0, "test_acc": float("nan")}
+    seconds = 0.0
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best, seconds = state["history"], state["best"], state["seconds"]
+        start_epoch = state["epoch"] + 1
+        _log(f"stbp: resuming {out} after epoch {state['epoch']}")
+    _atomic_write(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    for epoch in range(start_epoch, tcfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train_split), generator=_gen(seed, epoch, 0))
+        spike_gen = _gen(seed, epoch, 1)
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch}/{tcfg['epochs']}", disable=not progress,
+            leave=False, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30,
+        )
+        for i in bar:
+            idx = order[i * batch : (i + 1) * batch]
+            x = encoding.bernoulli(_images(train_split, idx), steps, generator=spike_gen)
+            y = train_split.labels[idx]
+            out_spikes = model(x)
+            loss = loss_fn(out_spikes, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = len(idx)
+            tot_loss += float(loss.detach()) * n
+            tot_correct += int((predict(out_spikes.detach()) == y).sum())
+            seen += n
+            bar.set_postfix(
+                loss=f"{tot_loss / seen:.4f}", acc=f"{100 * tot_correct / seen:.2f}",
+                samples_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False,
+            )
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        eb = tcfg["eval_batch_size"]
+        val_acc = evaluate(model, val_split, steps, seed=seed, batch_size=eb)
+        test_acc = evaluate(model, test_split, steps, seed=seed + 1, batch_size=eb)
+        seconds += time.perf_counter() - t0
+        record = {
+            "epoch": epoch, "train_loss": tot_loss / seen, "train_acc": 100 * tot_correct / seen,
+            "val_acc": val_acc, "test_acc": test_acc, "lr": opt.param_groups[0]["lr"],
+            "epoch_seconds": round(time.perf_counter() - t0, 3),
+            "train_samples_per_s": round(seen / train_seconds, 1), "seconds": round(seconds, 3),
+        }
+        history.append(record)
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        improved = val_acc > best["val_acc"]
+        if improved:
+            best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
+            _atomic_save(
+                {"format": CHECKPOINT_FORMAT, "config": cfg, "model": model.state_dict(),
+                 "epoch": epoch, "val_acc": val_acc}, best_path,
+            )
+        _atomic_save(
+            {"format": CHECKPOINT_FORMAT, "config": cfg, "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+             "history": history, "best": best, "seconds": seconds, "limits": limits},
+            last_path,
+        )
+        _log(
+            f"epoch {epoch}/{tcfg['epochs']}  loss {record['train_loss']:.4f}  "
+            f"train {record['train_acc']:.2f}%  val {val_acc:.2f}%{' *' if improved else '  '}  "
+            f"test {test_acc:.2f}%  {record['train_samples_per_s']:.0f} samples/s  "
+            f"{record['epoch_seconds']:.0f}s"
+        )
+
+    best_test = max(history, key=lambda h: h["test_acc"])
+    summary = {
+        "best_val_acc": best["val_acc"],
+        "test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "epochs": tcfg["epochs"],
+        "seconds": round(seconds, 1),
+        "seed": seed,
+        "best_test_acc_any_epoch": best_test["test_acc"],
+        "best_test_epoch": best_test["epoch"],
+        "final_test_acc": history[-1]["test_acc"],
+        "train_size": len(train_split),
+        "val_size": len(val_split),
+        "test_size": len(test_split),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def eval_run(
+    run_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    checkpoint: str = "best",
+    limit_eval: int | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a run's best (or last) model on the validation and test splits."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StbpError(f"--run {run_dir}: no such directory")
+    if checkpoint not in ("best", "last"):
+        raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    path = run_dir / f"{checkpoint}.pt"
+    ckpt = load_checkpoint(path)
+    model, cfg = _model_from_checkpoint(ckpt, path)
+    data = load_mnist(data_dir, validation=cfg["data"]["validation"])
+    steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
+    eb = cfg["train"]["eval_batch_size"]
+    return {
+        "checkpoint": str(path),
+        "epoch": ckpt["epoch"],
+        "val_acc": evaluate(model, data["val"].subset(limit_eval), steps, seed=seed, batch_size=eb),
+        "test_acc": evaluate(
+            model, data["test"].subset(limit_eval), steps, seed=seed + 1, batch_size=eb
+        ),
+    }

@@ -1,0 +1,133 @@
+"""Encoding, loss, init, multi-step layers and the paper's models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stbp import encoding, layers, models
+from stbp.errors import StbpError
+from stbp.functional import lif
+from stbp.init import paper_init_
+from stbp.loss import predict, rate_cross_entropy, rate_mse
+
+NEURON = dict(decay=0.1, threshold=0.5)
+
+
+def test_bernoulli_rates_and_seed(mnist):
+    x = mnist["val"].images[:64].float() / 255
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = encoding.bernoulli(x, 200, generator=g1)
+    b = encoding.bernoulli(x, 200, generator=g2)
+    assert a.shape == (200, 64, 28, 28) and torch.equal(a, b)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    # per-pixel firing probability = intensity (binomial std ≤ 0.5/sqrt(200) ≈ 0.035)
+    assert (a.mean(0) - x).abs().max() < 0.2
+    assert abs(a.mean().item() - x.mean().item()) < 0.005
+    assert (a[:, x == 0] == 0).all() and (a[:, x == 1] == 1).all()
+
+
+def test_encoding_errors():
+    with pytest.raises(StbpError, match="T must be an integer >= 1"):
+        encoding.bernoulli(torch.rand(2, 3), 0)
+    with pytest.raises(StbpError, match=r"\[0, 1\]"):
+        encoding.bernoulli(torch.rand(2, 3) * 2, 4)
+    with pytest.raises(StbpError, match="floating"):
+        encoding.bernoulli(torch.ones(2, 3, dtype=torch.uint8), 4)
+    d = encoding.direct(torch.rand(2, 3), 5)
+    assert d.shape == (5, 2, 3) and torch.equal(d[0], d[4])
+
+
+def test_rate_mse_is_e5():
+    spikes = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # T=2, B=2, C=3
+    target = torch.tensor([0, 2])
+    # rates: s0 = [1, .5, 0], s1 = [0, .5, 1]; errors² s0: 0 + .25 + 0, s1: 0 + .25 + 0
+    assert rate_mse(spikes, target).item() == pytest.approx(0.5 * (0.25 + 0.25) / 2)
+    assert rate_cross_entropy(spikes, target).item() == pytest.approx(
+        F.cross_entropy(10 * spikes.mean(0), target).item())
+
+
+def test_predict_ties_lowest_index():
+    spikes = torch.tensor([[[0.0, 1, 1], [0, 0, 0]]])
+    assert predict(spikes).tolist() == [1, 0]
+
+
+def test_paper_init_unit_rows():
+    net = models.cnn(**NEURON, seed=3)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            w = m.weight.detach().reshape(m.weight.shape[0], -1)
+            assert torch.allclose(w.norm(dim=1), torch.ones(w.shape[0]), atol=1e-5)
+            assert (m.bias == 0).all()
+    a, b = models.mlp([20, 5], **NEURON, seed=1), models.mlp([20, 5], **NEURON, seed=1)
+    assert torch.equal(a[1].synapse.weight, b[1].synapse.weight)
+    lin = torch.nn.Linear(3, 2)
+    assert paper_init_(lin) is lin and lin.weight.abs().max() <= 1
+
+
+def test_linear_layer_is_e1_then_lif():
+    torch.manual_seed(0)
+    layer = layers.Linear(6, 4, **NEURON)
+    x = (torch.rand(5, 3, 6) < 0.5).float()
+    expected = lif(x @ layer.synapse.weight.T + layer.synapse.bias, **NEURON)
+    assert torch.equal(layer(x), expected)
+
+
+def test_conv_layer_matches_per_step_conv():
+    torch.manual_seed(0)
+    layer = layers.Conv2d(2, 3, 3, padding=1, **NEURON)
+    x = (torch.rand(4, 2, 2, 6, 6) < 0.5).float()
+    current = torch.stack([layer.synapse(x[t]) for t in range(4)])
+    assert torch.allclose(layer(x), lif(current, **NEURON))
+    pooled = layers.AvgPool2d(2)(x)
+    assert pooled.shape == (4, 2, 2, 3, 3)
+    assert torch.allclose(pooled[1, 0], F.avg_pool2d(x[1, 0], 2))
+
+
+def test_models_shapes_and_gradients():
+    mlp = models.mlp([784, 800, 10], **NEURON)
+    x = (torch.rand(3, 2, 1, 28, 28) < 0.3).float()
+    assert mlp(x).shape == (3, 2, 10)
+    assert mlp(x.flatten(2)).shape == (3, 2, 10)
+    net = models.cnn(**NEURON, surrogate="gaussian")
+    out = net(x)
+    assert out.shape == (3, 2, 10)
+    rate_mse(out, torch.tensor([1, 2])).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert [type(m).__name__ for m in net] == [
+        "Conv2d", "AvgPool2d", "Conv2d", "AvgPool2d", "Flatten", "Linear", "Linear"]
+    assert net[0].synapse.out_channels == 15 and net[2].synapse.out_channels == 40
+    assert net[5].synapse.in_features == 40 * 7 * 7 and net[5].synapse.out_features == 300
+
+
+def test_record_membrane():
+    net = models.mlp([8, 4], **NEURON)
+    lif_layer = net.lif_layers()[0]
+    lif_layer.record = True
+    net((torch.rand(5, 2, 8) < 0.5).float())
+    assert lif_layer.membrane is not None and lif_layer.membrane.shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: lif(torch.rand(0, 3), **NEURON), "T = 0"),
+        (lambda: lif(torch.rand(5), **NEURON), "shape \\[T, ...\\]"),
+        (lambda: lif(torch.ones(3, 2, dtype=torch.int64), **NEURON), "floating"),
+        (lambda: lif(torch.rand(3, 2), decay=0.0, threshold=0.5), "decay must be in"),
+        (lambda: lif(torch.rand(3, 2), decay=-1, threshold=0.5), "decay must be in"),
+        (lambda: lif(torch.rand(3, 2), decay=0.5, threshold=0), "threshold must be"),
+        (lambda: lif(torch.rand(3, 2), **NEURON, width=0), "width must be"),
+        (lambda: lif(torch.rand(3, 2), **NEURON, width=-2), "width must be"),
+        (lambda: lif(torch.rand(3, 2), **NEURON, surrogate="boxcar"), "unknown surrogate 'boxcar'"),
+        (lambda: lif(torch.rand(3, 2), **NEURON, reset="soft"), "unknown reset 'soft'"),
+        (lambda: models.mlp([784, 800, 10], **NEURON)(torch.rand(2, 784)), "shape \\[T, B"),
+        (lambda: models.mlp([784, 10], **NEURON)(torch.rand(3, 2, 700)), "784 input features"),
+        (lambda: models.mlp([784], **NEURON), "mlp sizes"),
+        (lambda: models.build("rnn"), "unknown model kind"),
+    ],
+)
+def test_bad_input_messages(call, message):
+    with pytest.raises(StbpError, match=message):
+        call()
