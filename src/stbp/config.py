@@ -126,7 +126,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "epochs": (_pos_int, True),
         "batch_size": (_pos_int, True),
         "eval_batch_size": (_pos_int, False),
-        "optimizer": (_one_of("adam", "sgd"), False),
+        "optimizer": (_one_of("adam", "adamw", "sgd"), False),
         "lr": (_pos_num, True),
         "momentum": (_nonneg_num, False),
         "weight_decay": (_nonneg_num, False),

@@ -70,6 +70,8 @@ def evaluate(
 def _optimizer(model: nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
     if tcfg["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    if tcfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     return torch.optim.SGD(
         model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
         weight_decay=tcfg["weight_decay"],

@@ -84,7 +84,7 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 array as a gzip-compressed IDX file, atomically (temp file + rename)."""
+    """Write a uint8 array as an IDX file (gzip-compressed if ``path`` ends in .gz), atomically."""
     array = np.ascontiguousarray(array)
     if array.dtype not in _CODES:
         raise StbpError(f"write_idx supports uint8 arrays only, got {array.dtype}")
@@ -92,6 +92,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    with gzip.open(tmp, "wb") as fh:
-        fh.write(header + array.tobytes())
+    payload = header + array.tobytes()
+    if path.suffix == ".gz":
+        payload = gzip.compress(payload, compresslevel=6)
+    tmp.write_bytes(payload)
     os.replace(tmp, path)

@@ -156,7 +156,7 @@ def _mnist_from_pickle(payload: bytes, dest: Path) -> None:
               for k, v in images.items()}
     arrays |= {k: v.astype(np.uint8) for k, v in labels.items()}
     for name, arr in arrays.items():
-        path = dest / (name + ".gz")
+        path = dest / name
         write_idx(path, arr)
         try:
             _verify(path, name)
