@@ -42,6 +42,8 @@ def test_source_order(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("STBP_DATA", str(mnist_dir.parent))
     assert locate_mnist() == mnist_dir
     assert locate_mnist(mnist_dir.parent) == mnist_dir  # a root holding mnist/ also works
+    monkeypatch.setenv("STBP_DATA", str(mnist_dir))  # STBP_DATA pointing at mnist/ itself
+    assert locate_mnist(download=False) == mnist_dir
     monkeypatch.delenv("STBP_DATA")
     with pytest.raises(StbpError, match="MNIST not found"):
         locate_mnist(download=False)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from stbp import encoding, layers, models
 from stbp.errors import StbpError
 from stbp.functional import lif
+from stbp.functional.lif import LIFParams, lif_with
 from stbp.init import paper_init_
 from stbp.loss import predict, rate_cross_entropy, rate_mse
 
@@ -46,6 +47,16 @@ def test_rate_mse_is_e5():
     assert rate_mse(spikes, target).item() == pytest.approx(0.5 * (0.25 + 0.25) / 2)
     assert rate_cross_entropy(spikes, target).item() == pytest.approx(
         F.cross_entropy(10 * spikes.mean(0), target).item())
+
+
+def test_cross_entropy_scale_option():
+    from stbp.loss import get_loss
+
+    out = torch.rand(30, 4, 10).round()
+    y = torch.tensor([0, 1, 2, 3])
+    assert torch.allclose(get_loss("cross_entropy", scale=10.0)(out, y), rate_cross_entropy(out, y))
+    assert torch.allclose(get_loss("cross_entropy", scale=1.0)(out, y),
+                          F.cross_entropy(out.mean(0), y))
 
 
 def test_predict_ties_lowest_index():
@@ -126,6 +137,12 @@ def test_record_membrane():
         (lambda: models.mlp([784, 10], **NEURON)(torch.rand(3, 2, 700)), "784 input features"),
         (lambda: models.mlp([784], **NEURON), "mlp sizes"),
         (lambda: models.build("rnn"), "unknown model kind"),
+        (lambda: models.mlp([784, 10]), "needs the neuron setting\\(s\\) decay, threshold"),
+        (lambda: models.cnn(decay=0.1, threshold=0.5, tau=2), "unknown setting\\(s\\) tau"),
+        (lambda: rate_mse(torch.rand(3, 2, 10), torch.tensor([1, 10])), "class indices in \\[0, 10\\)"),
+        (lambda: rate_mse(torch.rand(3, 2, 10), torch.tensor([1, 2, 3])), "do not match"),
+        (lambda: rate_mse(torch.rand(3, 2, 10), torch.rand(2)), "integer tensor"),
+        (lambda: lif_with(torch.rand(5), LIFParams.make(**NEURON)), "shape \\[T, ...\\]"),
     ],
 )
 def test_bad_input_messages(call, message):

@@ -97,7 +97,20 @@ def test_cli_presets(capsys):
         (["train", "--preset", "mnist-mlp", "--set", "encoding.steps=0"], "steps = 0 is invalid"),
         (["train", "--preset", "mnist-mlp", "--set", "neuron.decay=-0.1"], "decay = -0.1"),
         (["train", "--preset", "mnist-mlp", "--set", "neuron.width=0"], "width = 0"),
-        (["train", "--preset", "mnist-mlp", "--epochs", "0"], "epochs = 0 is invalid"),
+        (["train", "--preset", "mnist-mlp", "--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["train", "--preset", "mnist-mlp", "--seed", "-3"], "--seed must be >= 0, got -3"),
+        (["train", "--preset", "mnist-mlp", "--set", "model.sizes=[784, 800, 5]"],
+         "must end with 10, the number of mnist classes"),
+        (["train", "--preset", "mnist-mlp", "--set", "model.sizes=[100, 10]"],
+         "must start with 784"),
+        (["train", "--preset", "mnist-mlp", "--set", "model.channels=[4]"],
+         "channels do(es) not apply to kind = 'mlp'"),
+        (["train", "--preset", "mnist-cnn", "--set", "model.channels=[2, 2, 2, 2, 2, 2]"],
+         "allow at most 4"),
+        (["train", "--preset", "mnist-mlp", "--set", "data.validation=0"], "validation = 0"),
+        (["train", "--preset", "mnist-mlp", "--set", "data.validation=60000"],
+         "must be smaller than the 60000 mnist training images"),
+        (["eval", "--run", ".", "--limit-eval", "0"], "--limit-eval must be >= 1"),
         (["train", "--preset", "mnist-mlp", "--data-dir", "/nonexistent/mnist"],
          "--data-dir /nonexistent/mnist: no such directory"),
         (["train", "--preset", "mnist-mlp", "--limit-train", "0"], "--limit-train must be >= 1"),
@@ -122,3 +135,53 @@ def test_cli_bad_checkpoint(tmp_path, capsys):
     torch.save({"weights": 1}, run / "best.pt")
     assert main(["eval", "--run", str(run)]) == 2
     assert "not a stbp checkpoint" in capsys.readouterr().err
+
+
+def test_cli_bad_run_dirs(mnist_dir, tmp_path, capsys, monkeypatch):
+    """Errors come before anything is written; --out must be a directory; --data-dir too."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "mnist-mlp", "--data-dir", str(tmp_path / "none"),
+                 "--out", "run", *SMALL]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "a failed start must not leave a run directory"
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--preset", "mnist-mlp", "--data-dir", str(mnist_dir),
+                 "--out", "file", *SMALL]) == 2
+    assert "--out file: exists and is not a directory" in capsys.readouterr().err
+    assert main(["train", "--preset", "mnist-mlp", "--data-dir", "file", "--out", "r2",
+                 *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir file: not a directory" in err and not (tmp_path / "r2").exists()
+
+
+def test_resume_options_and_eval_reuses_the_runs_data(mnist_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    base = ["train", "--preset", "mnist-mlp", "--set", "model.sizes=[784, 50, 10]",
+            "--set", "data.shift=1",
+            "--data-dir", str(mnist_dir), "--out", str(out), "--limit-train", "300",
+            "--limit-eval", "200", "--no-progress"]
+    assert main([*base, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    # the same settings given again (or none) resume fine: the run is already complete
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "1", "--data-dir",
+                 str(mnist_dir), "--limit-train", "300", "--limit-eval", "200",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "4", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs = 4 differs from the run's 1" in err and "Traceback" not in err
+    # eval finds the run's data without --data-dir, $STBP_DATA or any download
+    monkeypatch.delenv("STBP_DATA", raising=False)
+
+    def no_download(*_a, **_k):
+        raise AssertionError("eval must reuse the run's data, not download")
+
+    monkeypatch.setattr("stbp.data.mnist._download_hosts", no_download)
+    monkeypatch.setattr("stbp.data.mnist._download_mirror", no_download)
+    assert main(["eval", "--run", str(out), "--limit-eval", "200"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert result["test_acc"] == summary["test_acc"]
+    assert summary["data_dir"] == str(mnist_dir.resolve())
+    lrs = [json.loads(x)["lr"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] > 0, "the logged lr is the one used in the epoch's last step"

@@ -53,13 +53,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stbp.config import load_config, to_toml
+    from stbp.config import load_config
     from stbp.train import train
 
     overrides = list(args.overrides)
     if args.epochs is not None:
+        if args.epochs < 1:
+            raise StbpError(f"--epochs must be >= 1, got {args.epochs}")
         overrides.append(f"train.epochs={args.epochs}")
     if args.seed is not None:
+        if args.seed < 0:
+            raise StbpError(f"--seed must be >= 0, got {args.seed}")
         overrides.append(f"train.seed={args.seed}")
     if args.resume:
         if not args.out:
@@ -69,23 +73,38 @@ def _train(args: argparse.Namespace) -> int:
             raise StbpError(f"--resume: {saved} not found; nothing to resume")
         cfg = load_config(config=saved)
         if args.preset or args.config or overrides:
-            given = load_config(args.preset, args.config, overrides)
-            if given != cfg:
-                raise StbpError(f"--resume: the given settings differ from {saved}")
+            # --preset/--config rebuild the settings from scratch; otherwise the options
+            # given apply on top of the saved run.
+            given = (load_config(args.preset, args.config, overrides) if args.preset or args.config
+                     else load_config(config=saved, overrides=overrides))
+            diffs = _differences(cfg, given)
+            if diffs:
+                raise StbpError(
+                    f"--resume: {'; '.join(diffs)} (from {saved}); a resumed run keeps its "
+                    "settings: drop the option, or start a new run in another --out"
+                )
     else:
         cfg = load_config(args.preset, args.config, overrides)
     out = args.out
     if out is None:
         name = args.preset or Path(args.config).stem
         out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"stbp: run directory {out}", file=sys.stderr)
-    print(to_toml(cfg), file=sys.stderr)
     summary = train(
         cfg, out, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
         limit_eval=args.limit_eval, progress=not args.no_progress,
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _differences(saved: dict, given: dict) -> list[str]:
+    out = []
+    for table in sorted(set(saved) | set(given)):
+        a, b = saved.get(table, {}), given.get(table, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{table}.{key} = {b.get(key)!r} differs from the run's {a.get(key)!r}")
+    return out
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -100,7 +100,8 @@ _str.__doc__ = "a non-empty string"
 SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
     "data": {
         "dataset": (_one_of("mnist"), True),
-        "validation": (_nonneg_int, False),
+        "validation": (_pos_int, False),
+        "shift": (_nonneg_int, False),
     },
     "model": {
         "kind": (_one_of("mlp", "cnn"), True),
@@ -134,18 +135,20 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "step_epochs": (_pos_int, False),
         "step_gamma": (_pos_num, False),
         "loss": (_one_of("mse", "cross_entropy"), False),
+        "ce_scale": (_pos_num, False),
         "seed": (_nonneg_int, False),
     },
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"validation": 5000},
+    "data": {"validation": 5000, "shift": 0},
     "model": {"init": "paper"},
     "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True},
     "encoding": {"kind": "bernoulli"},
     "train": {
         "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
-        "schedule": "cosine", "step_epochs": 30, "step_gamma": 0.1, "loss": "mse", "seed": 0,
+        "schedule": "cosine", "step_epochs": 30, "step_gamma": 0.1, "loss": "mse", "ce_scale": 10.0,
+        "seed": 0,
     },
 }
 
@@ -204,6 +207,66 @@ def parse_override(text: str) -> dict[str, Any]:
     return {table: {name: parsed}}
 
 
+#: What each dataset feeds the network: input shape (C, H, W), number of classes, training images.
+DATASETS: dict[str, dict[str, Any]] = {
+    "mnist": {"input": (1, 28, 28), "classes": 10, "train_images": 60000},
+}
+
+#: [model] keys that apply to each kind of network.
+MODEL_KEYS = {
+    "mlp": {"kind", "sizes", "init"},
+    "cnn": {"kind", "channels", "hidden", "kernel_size", "init"},
+}
+
+
+def _check_model(cfg: dict[str, Any], source: str) -> None:
+    """Cross-key checks: the network's shape must fit the dataset's images and classes."""
+    model, data = cfg["model"], cfg["data"]
+    ds = DATASETS[data["dataset"]]
+    kind = model["kind"]
+    extra = sorted(set(model) - MODEL_KEYS[kind])
+    if extra:
+        raise StbpError(
+            f"config {source}: [model] {', '.join(extra)} do(es) not apply to kind = {kind!r}; "
+            f"it takes {', '.join(sorted(MODEL_KEYS[kind] - {'kind'}))}"
+        )
+    if not data["validation"] < ds["train_images"]:
+        raise StbpError(
+            f"config {source}: [data] validation = {data['validation']} must be smaller than the "
+            f"{ds['train_images']} {data['dataset']} training images"
+        )
+    c, h, w = ds["input"]
+    if kind == "mlp":
+        sizes = model.get("sizes")
+        if sizes is None or len(sizes) < 2:
+            raise StbpError(
+                f"config {source}: [model] kind = 'mlp' needs sizes = [in, ..., out] with at "
+                f"least 2 entries, e.g. [{c * h * w}, 800, {ds['classes']}]"
+            )
+        if sizes[0] != c * h * w:
+            raise StbpError(
+                f"config {source}: [model] sizes = {sizes} must start with {c * h * w}: "
+                f"{data['dataset']} images have {c}x{h}x{w} = {c * h * w} pixels"
+            )
+        if sizes[-1] != ds["classes"]:
+            raise StbpError(
+                f"config {source}: [model] sizes = {sizes} must end with {ds['classes']}, the "
+                f"number of {data['dataset']} classes"
+            )
+    else:
+        kernel = model.get("kernel_size", 5)
+        if kernel % 2 == 0:
+            raise StbpError(
+                f"config {source}: [model] kernel_size = {kernel} must be odd ('same' padding)"
+            )
+        pools = len(model.get("channels", [15, 40]))
+        if h >> pools < 1:
+            raise StbpError(
+                f"config {source}: [model] channels has {pools} conv+pool stages; {h}x{w} "
+                f"{data['dataset']} images allow at most {h.bit_length() - 1}"
+            )
+
+
 def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     """Check every table and key against :data:`SCHEMA`; return the config with defaults filled."""
     if not isinstance(cfg, dict):
@@ -234,13 +297,7 @@ def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
             if required and key not in values:
                 raise StbpError(f"config {source}: [{table}] is missing the required key {key!r}")
         out[table] = {**DEFAULTS.get(table, {}), **values}
-    model = out["model"]
-    if model["kind"] == "mlp" and "sizes" not in model:
-        raise StbpError(f"config {source}: [model] kind = 'mlp' needs sizes = [in, ..., out]")
-    if model["kind"] == "mlp" and len(model["sizes"]) < 2:
-        raise StbpError(f"config {source}: [model] sizes needs at least 2 entries")
-    if model["kind"] == "cnn" and "sizes" in model:
-        raise StbpError(f"config {source}: [model] sizes is for mlp; cnn uses channels/hidden")
+    _check_model(out, source)
     return out
 
 

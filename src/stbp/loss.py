@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,19 +20,38 @@ def firing_rate(spikes: Tensor) -> Tensor:
     return spikes.mean(dim=0)
 
 
+def _check_target(rate: Tensor, target: Tensor) -> None:
+    if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32, torch.int16,
+                                                             torch.uint8, torch.int8):
+        raise StbpError("targets must be an integer tensor of class indices [B]")
+    if target.shape != rate.shape[:-1]:
+        raise StbpError(
+            f"targets of shape {tuple(target.shape)} do not match output spikes [T, B, C] of rate "
+            f"shape {tuple(rate.shape)}; expected {tuple(rate.shape[:-1])}"
+        )
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= rate.shape[-1]):
+        raise StbpError(
+            f"targets must be class indices in [0, {rate.shape[-1]}), got values in "
+            f"[{int(target.min())}, {int(target.max())}]"
+        )
+
+
 def rate_mse(spikes: Tensor, target: Tensor) -> Tensor:
     """E5: L = 1/(2S) Σ_s ‖y_s − (1/T) Σ_t o_s^{t,N}‖² with y_s the one-hot label.
 
     ``target`` holds class indices ``[B]``; returns the mean over the batch (the 1/S).
     """
     rate = firing_rate(spikes)
-    onehot = F.one_hot(target, rate.shape[-1]).to(rate.dtype)
+    _check_target(rate, target)
+    onehot = F.one_hot(target.long(), rate.shape[-1]).to(rate.dtype)
     return 0.5 * ((onehot - rate) ** 2).sum(dim=-1).mean()
 
 
 def rate_cross_entropy(spikes: Tensor, target: Tensor, *, scale: float = 10.0) -> Tensor:
     """Cross-entropy on the firing rate (an option, not the paper's loss): softmax(scale · rate)."""
-    return F.cross_entropy(scale * firing_rate(spikes), target)
+    rate = firing_rate(spikes)
+    _check_target(rate, target)
+    return F.cross_entropy(scale * rate, target.long())
 
 
 def predict(spikes: Tensor) -> Tensor:
@@ -45,7 +66,8 @@ def predict(spikes: Tensor) -> Tensor:
 LOSSES = {"mse": rate_mse, "cross_entropy": rate_cross_entropy}
 
 
-def get_loss(name: str):
+def get_loss(name: str, **options):
+    """The loss called ``name``, with keyword ``options`` bound (e.g. ``scale`` for cross_entropy)."""
     if name not in LOSSES:
         raise StbpError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
-    return LOSSES[name]
+    return functools.partial(LOSSES[name], **options) if options else LOSSES[name]

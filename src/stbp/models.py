@@ -28,6 +28,20 @@ class SpikingNet(nn.Sequential):
         return super().forward(x)
 
 
+_NEURON_KEYS = ("decay", "threshold", "surrogate", "width", "reset", "temporal")
+
+
+def _check_neuron(fn: str, neuron: dict) -> None:
+    unknown = sorted(set(neuron) - set(_NEURON_KEYS))
+    if unknown:
+        raise StbpError(f"{fn}(): unknown setting(s) {', '.join(unknown)}; the neuron takes "
+                        f"{', '.join(_NEURON_KEYS)}")
+    missing = [k for k in ("decay", "threshold") if k not in neuron]
+    if missing:
+        raise StbpError(f"{fn}() needs the neuron setting(s) {', '.join(missing)}, e.g. "
+                        f"{fn}(..., decay=0.1, threshold=0.5) as in the paper's MNIST networks")
+
+
 def _finish(net: SpikingNet, init: str, seed: int | None) -> SpikingNet:
     if init == "paper":
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -45,6 +59,7 @@ def mlp(
     Input spikes ``[T, B, sizes[0]]`` (or any trailing shape that flattens to it); output spikes
     ``[T, B, sizes[-1]]``. ``neuron`` holds the :func:`stbp.functional.lif` settings.
     """
+    _check_neuron("mlp", neuron)
     sizes = list(sizes)
     if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
         raise StbpError(f"mlp sizes must be >= 2 positive integers, got {sizes!r}")
@@ -70,6 +85,7 @@ def cnn(
     Each ``C`` is a 'same'-padded conv + LIF, each ``P2`` a 2×2 average pooling of spikes.
     Input spikes ``[T, B, in_channels, image_size, image_size]``; output ``[T, B, classes]``.
     """
+    _check_neuron("cnn", neuron)
     if kernel_size % 2 == 0:
         raise StbpError(f"cnn kernel_size must be odd (same padding), got {kernel_size}")
     size = image_size

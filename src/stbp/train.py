@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from stbp import encoding
-from stbp.config import to_toml, validate
-from stbp.data.mnist import MNISTSplit, load_mnist
+from stbp.augment import random_shift
+from stbp.config import DATASETS, to_toml, validate
+from stbp.data.mnist import MNISTSplit, load_mnist, locate_mnist
 from stbp.errors import StbpError
 from stbp.loss import get_loss, predict
 from stbp.models import SpikingNet, build
@@ -43,6 +44,9 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
     """The network described by a validated config's [model] and [neuron] tables."""
     model = dict(cfg["model"])
     kind = model.pop("kind")
+    if kind == "cnn":
+        ds = DATASETS[cfg["data"]["dataset"]]
+        model.update(in_channels=ds["input"][0], image_size=ds["input"][1], classes=ds["classes"])
     return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
 
 
@@ -90,6 +94,24 @@ def _schedule(opt: torch.optim.Optimizer, tcfg: dict[str, Any], steps_per_epoch:
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _loss(tcfg: dict[str, Any]):
+    if tcfg["loss"] == "cross_entropy":
+        return get_loss("cross_entropy", scale=tcfg["ce_scale"])
+    return get_loss(tcfg["loss"])
+
+
+def _describe(cfg: dict[str, Any]) -> str:
+    m = cfg["model"]
+    if m["kind"] == "mlp":
+        return "MLP " + "-".join(str(s) for s in m["sizes"])
+    k, chans, hidden = m.get("kernel_size", 5), m.get("channels", [15, 40]), m.get("hidden", [300])
+    ds = DATASETS[cfg["data"]["dataset"]]
+    return "CNN " + "-".join(
+        ["x".join(str(d) for d in ds["input"][1:])] + [f"{c}C{k}-P2" for c in chans]
+        + [str(h) for h in hidden] + [str(ds["classes"])]
+    )
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -154,6 +176,8 @@ def train(
     for name, value in limits.items():
         if value is not None and value < 1:
             raise StbpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if out.exists() and not out.is_dir():
+        raise StbpError(f"--out {out}: exists and is not a directory")
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
@@ -167,16 +191,14 @@ def train(
             )
     elif last_path.is_file() or (out / "summary.json").is_file():
         raise StbpError(f"--out {out}: already holds a run; use --resume or another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.toml", to_toml(cfg))
 
+    # Everything that can fail on bad input happens before the run directory is written.
     tcfg, steps = cfg["train"], cfg["encoding"]["steps"]
-    seed = tcfg["seed"]
-    data = load_mnist(data_dir, validation=cfg["data"]["validation"])
+    seed, shift = tcfg["seed"], cfg["data"]["shift"]
+    folder = locate_mnist(data_dir)
+    data = load_mnist(folder, validation=cfg["data"]["validation"])
     train_split = data["train"].subset(limit_train)
     val_split, test_split = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
-    if len(train_split) == 0:
-        raise StbpError("the training split is empty")
 
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -184,7 +206,16 @@ def train(
     batch = tcfg["batch_size"]
     steps_per_epoch = math.ceil(len(train_split) / batch)
     sched = _schedule(opt, tcfg, steps_per_epoch)
-    loss_fn = get_loss(tcfg["loss"])
+    loss_fn = _loss(tcfg)
+    data_source = str(folder.resolve())
+
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.toml", to_toml(cfg))
+    _log(
+        f"stbp: {_describe(cfg)} on {cfg['data']['dataset']} ({len(train_split)} train / "
+        f"{len(val_split)} val / {len(test_split)} test, from {data_source}), T = {steps}, "
+        f"{tcfg['epochs']} epochs -> {out}"
+    )
 
     history: list[dict[str, Any]] = []
     best = {"val_acc": -1.0, "epoch": 0, "test_acc": float("nan")}
@@ -204,6 +235,7 @@ def train(
         model.train()
         order = torch.randperm(len(train_split), generator=_gen(seed, epoch, 0))
         spike_gen = _gen(seed, epoch, 1)
+        shift_gen = _gen(seed, epoch, 2)
         tot_loss, tot_correct, seen = 0.0, 0, 0
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch}/{tcfg['epochs']}", disable=not progress,
@@ -211,12 +243,16 @@ def train(
         )
         for i in bar:
             idx = order[i * batch : (i + 1) * batch]
-            x = encoding.bernoulli(_images(train_split, idx), steps, generator=spike_gen)
+            images = _images(train_split, idx)
+            if shift:
+                images = random_shift(images, shift, generator=shift_gen)
+            x = encoding.bernoulli(images, steps, generator=spike_gen)
             y = train_split.labels[idx]
             out_spikes = model(x)
             loss = loss_fn(out_spikes, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr_used = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
             n = len(idx)
@@ -235,7 +271,7 @@ def train(
         seconds += time.perf_counter() - t0
         record = {
             "epoch": epoch, "train_loss": tot_loss / seen, "train_acc": 100 * tot_correct / seen,
-            "val_acc": val_acc, "test_acc": test_acc, "lr": opt.param_groups[0]["lr"],
+            "val_acc": val_acc, "test_acc": test_acc, "lr": lr_used,
             "epoch_seconds": round(time.perf_counter() - t0, 3),
             "train_samples_per_s": round(seen / train_seconds, 1), "seconds": round(seconds, 3),
         }
@@ -247,12 +283,13 @@ def train(
             best = {"val_acc": val_acc, "epoch": epoch, "test_acc": test_acc}
             _atomic_save(
                 {"format": CHECKPOINT_FORMAT, "config": cfg, "model": model.state_dict(),
-                 "epoch": epoch, "val_acc": val_acc}, best_path,
+                 "epoch": epoch, "val_acc": val_acc, "data_dir": data_source}, best_path,
             )
         _atomic_save(
             {"format": CHECKPOINT_FORMAT, "config": cfg, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-             "history": history, "best": best, "seconds": seconds, "limits": limits},
+             "history": history, "best": best, "seconds": seconds, "limits": limits,
+             "data_dir": data_source},
             last_path,
         )
         _log(
@@ -276,6 +313,7 @@ def train(
         "train_size": len(train_split),
         "val_size": len(val_split),
         "test_size": len(test_split),
+        "data_dir": data_source,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -292,6 +330,8 @@ def eval_run(
 ) -> dict[str, Any]:
     """Re-evaluate a run's best (or last) model on the validation and test splits."""
     run_dir = Path(run_dir)
+    if limit_eval is not None and limit_eval < 1:
+        raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
     if not run_dir.is_dir():
         raise StbpError(f"--run {run_dir}: no such directory")
     if checkpoint not in ("best", "last"):
@@ -299,6 +339,9 @@ def eval_run(
     path = run_dir / f"{checkpoint}.pt"
     ckpt = load_checkpoint(path)
     model, cfg = _model_from_checkpoint(ckpt, path)
+    saved = ckpt.get("data_dir")
+    if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
+        data_dir = saved  # the data the run was trained on
     data = load_mnist(data_dir, validation=cfg["data"]["validation"])
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     eb = cfg["train"]["eval_batch_size"]

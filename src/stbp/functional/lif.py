@@ -178,7 +178,6 @@ def lif(
         Spikes o^t (0/1) with the shape and dtype of ``current``; with ``return_membrane``, the
         pair ``(spikes, membrane)``. Gradients flow to ``current`` through E6–E7.
     """
-    _check_current(current)
     p = LIFParams.make(
         decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
         temporal=temporal,
@@ -195,6 +194,7 @@ def lif_with(
     derivative is h): then the STBP backward is the exact gradient, which lets a
     finite-difference check verify the recursion. It is an analysis tool, not a neuron model.
     """
+    _check_current(current)
     spikes, membrane = _LIFFunction.apply(current, p, smooth)
     return (spikes, membrane) if return_membrane else spikes
 
@@ -230,7 +230,6 @@ def lif_reference(
     Autograd through this graph is exactly E6–E9 because the spike's backward returns h(u) and
     f(o) stays in the graph; with ``temporal=False`` u^t and o^t enter step t+1 detached.
     """
-    _check_current(current)
     p = LIFParams.make(
         decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
         temporal=temporal,
