@@ -148,3 +148,20 @@ def test_record_membrane():
 def test_bad_input_messages(call, message):
     with pytest.raises(StbpError, match=message):
         call()
+
+
+def test_backends_agree_on_real_digits(mnist):
+    """The numba kernels and the eager path: same output spikes, same weight gradients."""
+    images = mnist["test"].images[:64].reshape(64, -1).float() / 255
+    x = encoding.bernoulli(images, 30, generator=torch.Generator().manual_seed(0))
+    y = mnist["test"].labels[:64]
+    grads = {}
+    for backend in ("torch", "numba"):
+        net = models.mlp([784, 200, 10], decay=0.1, threshold=0.5, backend=backend, seed=3)
+        out = net(x)
+        rate_mse(out, y).backward()
+        grads[backend] = (out, [p.grad for p in net.parameters()])
+    (out_t, g_t), (out_n, g_n) = grads["torch"], grads["numba"]
+    assert torch.equal(out_t, out_n) and out_t.sum() > 0
+    for a, b in zip(g_t, g_n, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4), (a - b).abs().max()

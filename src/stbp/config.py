@@ -20,7 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from stbp.errors import StbpError
-from stbp.functional.lif import RESETS
+from stbp.functional.lif import BACKENDS, RESETS
 from stbp.functional.surrogate import SURROGATES, get_surrogate
 
 __all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override"]
@@ -118,6 +118,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "width": (_pos_num, False),
         "reset": (_one_of(*RESETS), False),
         "temporal": (_bool, False),
+        "backend": (_one_of(*BACKENDS), False),
     },
     "encoding": {
         "kind": (_one_of("bernoulli"), False),
@@ -143,7 +144,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"validation": 5000, "shift": 0},
     "model": {"init": "paper"},
-    "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True},
+    "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True,
+               "backend": "auto"},
     "encoding": {"kind": "bernoulli"},
     "train": {
         "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,

@@ -42,11 +42,12 @@ class LIF(nn.Module):
         width: float = 1.0,
         reset: str = "zero",
         temporal: bool = True,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.params = LIFParams.make(
             decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
-            temporal=temporal,
+            temporal=temporal, backend=backend,
         )
         self.record = False
         self.membrane: Tensor | None = None
@@ -62,7 +63,7 @@ class LIF(nn.Module):
         p = self.params
         return (
             f"decay={p.decay:g}, threshold={p.threshold:g}, surrogate={p.surrogate!r}, "
-            f"reset={p.reset!r}, temporal={p.temporal}"
+            f"reset={p.reset!r}, temporal={p.temporal}, backend={p.backend!r}"
         )
 
 

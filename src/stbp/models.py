@@ -28,7 +28,7 @@ class SpikingNet(nn.Sequential):
         return super().forward(x)
 
 
-_NEURON_KEYS = ("decay", "threshold", "surrogate", "width", "reset", "temporal")
+_NEURON_KEYS = ("decay", "threshold", "surrogate", "width", "reset", "temporal", "backend")
 
 
 def _check_neuron(fn: str, neuron: dict) -> None:

@@ -181,7 +181,7 @@ def train(
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
-        if state["config"] != cfg:
+        if validate(state["config"], f"{last_path} (saved config)") != cfg:
             raise StbpError(
                 f"--resume: the configuration differs from the one saved in {out}/config.toml"
             )

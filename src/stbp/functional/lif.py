@@ -30,11 +30,15 @@ import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
+from stbp.functional import lif_numba
 from stbp.functional.surrogate import Surrogate, SurrogateLike, get_surrogate
 
-__all__ = ["lif", "lif_reference", "LIFParams", "RESETS"]
+__all__ = ["lif", "lif_reference", "LIFParams", "RESETS", "BACKENDS"]
 
 RESETS = ("zero", "paper")
+#: "auto": the fused numba kernels where they apply (CPU, float32/64, a built-in surrogate),
+#: else the eager PyTorch path; "numba" insists on the kernels; "torch" is the eager reference.
+BACKENDS = ("auto", "numba", "torch")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class LIFParams:
     surrogate: Surrogate
     reset: str = "zero"
     temporal: bool = True
+    backend: str = "auto"
 
     @classmethod
     def make(
@@ -57,6 +62,7 @@ class LIFParams:
         width: float = 1.0,
         reset: str = "zero",
         temporal: bool = True,
+        backend: str = "auto",
     ) -> LIFParams:
         try:
             decay = float(decay)
@@ -71,7 +77,9 @@ class LIFParams:
             raise StbpError(f"unknown reset {reset!r}; choose one of: {', '.join(RESETS)}")
         if not isinstance(temporal, bool):
             raise StbpError(f"temporal must be true or false, got {temporal!r}")
-        return cls(decay, threshold, get_surrogate(surrogate, width), reset, temporal)
+        if backend not in BACKENDS:
+            raise StbpError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        return cls(decay, threshold, get_surrogate(surrogate, width), reset, temporal, backend)
 
     # f(o) and f'(o) of E4 / E4' -------------------------------------------------------------
     def leak(self, spikes: Tensor) -> Tensor:
@@ -117,14 +125,26 @@ def _forward(x: Tensor, p: LIFParams, smooth: bool) -> tuple[Tensor, Tensor]:
     return spikes, membrane
 
 
+def _use_numba(current: Tensor, p: LIFParams, smooth: bool) -> bool:
+    if p.backend == "torch":
+        return False
+    why = "smooth spikes are an eager-path analysis tool" if smooth else lif_numba.supported(
+        current, p.surrogate)
+    if why is not None and p.backend == "numba":
+        raise StbpError(f"backend 'numba' cannot run this case: {why}; use backend 'auto'")
+    return why is None
+
+
 class _LIFFunction(torch.autograd.Function):
     """All T steps of E2–E4 forward; E6–E7 written out as the backward."""
 
     @staticmethod
     def forward(ctx, current: Tensor, p: LIFParams, smooth: bool):  # type: ignore[override]
-        spikes, membrane = _forward(current, p, smooth)
+        fused = _use_numba(current, p, smooth)
+        spikes, membrane = lif_numba.forward(current, p) if fused else _forward(current, p, smooth)
         ctx.p = p
         ctx.smooth = smooth
+        ctx.fused = fused
         ctx.save_for_backward(membrane, spikes if smooth else None)
         ctx.set_materialize_grads(False)
         return spikes, membrane
@@ -135,6 +155,8 @@ class _LIFFunction(torch.autograd.Function):
         p: LIFParams = ctx.p
         if grad_spikes is None and grad_membrane is None:
             return None, None, None
+        if ctx.fused:
+            return lif_numba.backward(membrane, grad_spikes, grad_membrane, p), None, None
         v = membrane - p.threshold
         h = p.surrogate.derivative(v)
         # direct term of ε^t: δ^t · h(u^t) (+ any gradient on the exposed membrane itself)
@@ -160,6 +182,7 @@ def lif(
     reset: str = "zero",
     temporal: bool = True,
     return_membrane: bool = False,
+    backend: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Spikes of a layer of iterative LIF neurons driven by ``current`` (E2–E4), trained by STBP.
 
@@ -173,6 +196,9 @@ def lif(
         reset: "zero" (E4', u ← τ·u·(1−o) + x) or "paper" (E4, u ← u·τ·exp(−o/τ) + x).
         temporal: False drops the temporal-domain error path (the paper's "SD only" ablation).
         return_membrane: also return the membrane potentials u^t (before reset).
+        backend: "auto" (the fused numba CPU kernels where they apply, else eager PyTorch),
+            "numba" (insist on the kernels) or "torch" (the eager path). All give the same
+            spikes; gradients agree to float rounding.
 
     Returns:
         Spikes o^t (0/1) with the shape and dtype of ``current``; with ``return_membrane``, the
@@ -180,7 +206,7 @@ def lif(
     """
     p = LIFParams.make(
         decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
-        temporal=temporal,
+        temporal=temporal, backend=backend,
     )
     return lif_with(current, p, return_membrane=return_membrane)
 
