@@ -185,3 +185,15 @@ def test_resume_options_and_eval_reuses_the_runs_data(mnist_dir, tmp_path, capsy
     assert summary["data_dir"] == str(mnist_dir.resolve())
     lrs = [json.loads(x)["lr"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs[-1] > 0, "the logged lr is the one used in the epoch's last step"
+
+
+# direct (analog) input learns more slowly at these settings: a constant current makes a neuron
+# fire at every step or never, so the rate code is coarse at first; 3x chance after 2 epochs
+@pytest.mark.parametrize("settings,floor", [(["train.precision=bf16"], 60),
+                                            (["encoding.kind=direct"], 30)])
+def test_bf16_and_direct_input_learn(settings, floor, mnist_dir, tmp_path):
+    cfg = load_config("mnist-mlp", overrides=["model.sizes=[784, 100, 10]", "train.epochs=2",
+                                              *settings])
+    summary = train(cfg, tmp_path / "run", data_dir=mnist_dir, limit_train=1000, limit_eval=500,
+                    progress=False)
+    assert summary["best_val_acc"] > floor, summary

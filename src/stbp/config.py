@@ -121,7 +121,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "backend": (_one_of(*BACKENDS), False),
     },
     "encoding": {
-        "kind": (_one_of("bernoulli"), False),
+        "kind": (_one_of("bernoulli", "direct"), False),
         "steps": (_pos_int, True),
     },
     "train": {
@@ -138,6 +138,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "loss": (_one_of("mse", "cross_entropy"), False),
         "ce_scale": (_pos_num, False),
         "seed": (_nonneg_int, False),
+        "precision": (_one_of("fp32", "bf16"), False),
     },
 }
 
@@ -150,7 +151,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
         "schedule": "cosine", "step_epochs": 30, "step_gamma": 0.1, "loss": "mse", "ce_scale": 10.0,
-        "seed": 0,
+        "seed": 0, "precision": "fp32",
     },
 }
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from stbp.errors import StbpError
 
-__all__ = ["bernoulli", "direct"]
+__all__ = ["bernoulli", "direct", "encode", "ENCODINGS"]
 
 
 def _check_steps(steps: int) -> int:
@@ -39,6 +39,24 @@ def bernoulli(x: Tensor, steps: int, *, generator: torch.Generator | None = None
 
 
 def direct(x: Tensor, steps: int) -> Tensor:
-    """Analog ("direct") input: the same intensities at every step, ``[T, B, ...]`` (a view)."""
+    """Analog ("direct") input: the same intensities at every step, ``[T, B, ...]``.
+
+    The result is a view with stride 0 along T; the first synaptic layer sees that and computes
+    its current once instead of T times (:mod:`stbp.layers`).
+    """
     steps = _check_steps(steps)
     return x.unsqueeze(0).expand(steps, *x.shape)
+
+
+ENCODINGS = ("bernoulli", "direct")
+
+
+def encode(
+    kind: str, x: Tensor, steps: int, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Encode intensities ``[B, ...]`` as ``[T, B, ...]`` input by name ("bernoulli" or "direct")."""
+    if kind == "bernoulli":
+        return bernoulli(x, steps, generator=generator)
+    if kind == "direct":
+        return direct(x, steps)
+    raise StbpError(f"unknown encoding {kind!r}; choose one of: {', '.join(ENCODINGS)}")

@@ -6,6 +6,7 @@ then the LIF recurrence (:func:`stbp.functional.lif`) over the time axis.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,6 +25,11 @@ def _check_steps_batch(x: Tensor, min_dim: int, layer: str) -> None:
         )
     if x.shape[0] == 0:
         raise StbpError(f"{layer} got T = 0 time steps; T must be >= 1")
+
+
+def _constant_in_time(x: Tensor) -> bool:
+    """True for a view repeated along T (stride 0), as :func:`stbp.encoding.direct` makes."""
+    return x.shape[0] > 1 and x.stride(0) == 0
 
 
 class LIF(nn.Module):
@@ -54,6 +60,9 @@ class LIF(nn.Module):
 
     def forward(self, current: Tensor) -> Tensor:
         _check_steps_batch(current, 2, "LIF")
+        if current.dtype in (torch.bfloat16, torch.float16):
+            # mixed precision: half-precision synapses, membrane state kept in float32
+            current = current.float()
         if self.record:
             spikes, self.membrane = lif_with(current, self.params, return_membrane=True)
             return spikes
@@ -82,6 +91,9 @@ class Linear(nn.Module):
                 f"Linear expects {self.synapse.in_features} input features, got shape "
                 f"{tuple(x.shape)}"
             )
+        if _constant_in_time(x):  # direct input: the same current at every step, computed once
+            current = self.synapse(x[0])
+            return self.neuron(current.unsqueeze(0).expand(x.shape[0], *current.shape))
         return self.neuron(self.synapse(x))
 
 
@@ -108,6 +120,9 @@ class Conv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_steps_batch(x, 5, "Conv2d")
         steps, batch = x.shape[:2]
+        if _constant_in_time(x):  # direct input: one conv for all steps
+            current = self.synapse(x[0])
+            return self.neuron(current.unsqueeze(0).expand(steps, *current.shape))
         current = self.synapse(x.flatten(0, 1))
         return self.neuron(current.unflatten(0, (steps, batch)))
 

@@ -54,11 +54,24 @@ def _images(split: MNISTSplit, idx: Tensor) -> Tensor:
     return split.images[idx].unsqueeze(1).to(torch.float32).div_(255.0)
 
 
+def autocast(precision: str):
+    """The mixed-precision context of ``[train] precision``: "bf16" runs the synapses (matmuls,
+    convs) in bfloat16 — spikes are exact in it — while the neurons keep float32 state."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: MNISTSplit, steps: int, *, seed: int, batch_size: int = 1000
+    model: nn.Module,
+    split: MNISTSplit,
+    steps: int,
+    *,
+    seed: int,
+    batch_size: int = 1000,
+    encoding_kind: str = "bernoulli",
+    precision: str = "fp32",
 ) -> float:
-    """Accuracy (in %) of ``model`` on ``split`` with fixed (seeded) Bernoulli spike trains."""
+    """Accuracy (in %) of ``model`` on ``split`` with fixed (seeded) input spike trains."""
     if len(split) == 0:
         return float("nan")
     model.eval()
@@ -66,8 +79,10 @@ def evaluate(
     correct = 0
     for start in range(0, len(split), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(split)))
-        spikes = encoding.bernoulli(_images(split, idx), steps, generator=gen)
-        correct += int((predict(model(spikes)) == split.labels[idx]).sum())
+        x = encoding.encode(encoding_kind, _images(split, idx), steps, generator=gen)
+        with autocast(precision):
+            out = model(x)
+        correct += int((predict(out) == split.labels[idx]).sum())
     return 100.0 * correct / len(split)
 
 
@@ -194,7 +209,7 @@ def train(
 
     # Everything that can fail on bad input happens before the run directory is written.
     tcfg, steps = cfg["train"], cfg["encoding"]["steps"]
-    seed, shift = tcfg["seed"], cfg["data"]["shift"]
+    seed, shift, enc = tcfg["seed"], cfg["data"]["shift"], cfg["encoding"]["kind"]
     folder = locate_mnist(data_dir)
     data = load_mnist(folder, validation=cfg["data"]["validation"])
     train_split = data["train"].subset(limit_train)
@@ -246,10 +261,11 @@ def train(
             images = _images(train_split, idx)
             if shift:
                 images = random_shift(images, shift, generator=shift_gen)
-            x = encoding.bernoulli(images, steps, generator=spike_gen)
+            x = encoding.encode(enc, images, steps, generator=spike_gen)
             y = train_split.labels[idx]
-            out_spikes = model(x)
-            loss = loss_fn(out_spikes, y)
+            with autocast(tcfg["precision"]):
+                out_spikes = model(x)
+                loss = loss_fn(out_spikes, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             lr_used = opt.param_groups[0]["lr"]
@@ -265,9 +281,10 @@ def train(
             )
         bar.close()
         train_seconds = time.perf_counter() - t0
-        eb = tcfg["eval_batch_size"]
-        val_acc = evaluate(model, val_split, steps, seed=seed, batch_size=eb)
-        test_acc = evaluate(model, test_split, steps, seed=seed + 1, batch_size=eb)
+        ev = dict(batch_size=tcfg["eval_batch_size"], encoding_kind=enc,
+                  precision=tcfg["precision"])
+        val_acc = evaluate(model, val_split, steps, seed=seed, **ev)
+        test_acc = evaluate(model, test_split, steps, seed=seed + 1, **ev)
         seconds += time.perf_counter() - t0
         record = {
             "epoch": epoch, "train_loss": tot_loss / seen, "train_acc": 100 * tot_correct / seen,
@@ -344,12 +361,11 @@ def eval_run(
         data_dir = saved  # the data the run was trained on
     data = load_mnist(data_dir, validation=cfg["data"]["validation"])
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
-    eb = cfg["train"]["eval_batch_size"]
+    ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
+              precision=cfg["train"]["precision"])
     return {
         "checkpoint": str(path),
         "epoch": ckpt["epoch"],
-        "val_acc": evaluate(model, data["val"].subset(limit_eval), steps, seed=seed, batch_size=eb),
-        "test_acc": evaluate(
-            model, data["test"].subset(limit_eval), steps, seed=seed + 1, batch_size=eb
-        ),
+        "val_acc": evaluate(model, data["val"].subset(limit_eval), steps, seed=seed, **ev),
+        "test_acc": evaluate(model, data["test"].subset(limit_eval), steps, seed=seed + 1, **ev),
     }
