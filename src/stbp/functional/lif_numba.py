@@ -8,8 +8,9 @@ machine code on disk.
 
 The forward rounds ``u·f(o) + x`` once, as the eager path's fused multiply-add does, then
 compares ``u >= V_th`` in the tensor's dtype, so both paths give the same spikes; the backward
-evaluates h in double precision and agrees with the eager path to float rounding (tested for
-every surrogate × reset × temporal setting).
+computes in the tensor's dtype and agrees with the eager path to float rounding (tested for
+every surrogate × reset × temporal setting). Each surrogate curve gets its own compiled backward,
+so that its inner loop vectorizes.
 """
 
 from __future__ import annotations
@@ -28,12 +29,8 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     nb = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "SURROGATE_CODES", "supported", "forward", "backward"]
+__all__ = ["HAVE_NUMBA", "supported", "forward", "backward"]
 
-#: surrogate name -> the kernel's code for h
-SURROGATE_CODES = {
-    "rectangular": 0, "polynomial": 1, "sigmoid": 2, "gaussian": 3, "atan": 4, "fast_sigmoid": 5,
-}
 _DTYPES = (torch.float32, torch.float64)
 _BLOCK = 1024  # neurons per block: 4 KiB of fp32 state per buffer
 
@@ -53,6 +50,21 @@ def supported(current: Tensor, surrogate) -> str | None:
     return None
 
 
+def _constants(name: str, a: float) -> tuple[float, float]:
+    """Per-curve constants (c0, c1) of h, so the kernels multiply instead of divide."""
+    if name == "rectangular":
+        return 1 / a, a / 2
+    if name == "polynomial":
+        return math.sqrt(a) / 2, a / 4
+    if name == "sigmoid":
+        return 1 / a, 0.0
+    if name == "gaussian":
+        return 1 / (2 * a), 1 / math.sqrt(2 * math.pi * a)
+    if name == "atan":
+        return 1 / a, 1 / (math.pi * a)
+    return 1 / a, 1 / (2 * a)  # fast_sigmoid
+
+
 if HAVE_NUMBA:
     from numba.extending import intrinsic
 
@@ -67,23 +79,47 @@ if HAVE_NUMBA:
 
         return a(a, b, c), codegen
 
+    # h(x) of each curve of stbp.functional.surrogate, x = u − V_th, with (c0, c1) from _constants
+    @nb.njit(inline="always", fastmath=True)
+    def _h_rectangular(x, c0, c1, zero):  # pragma: no cover - compiled
+        return c0 if abs(x) < c1 else zero
+
+    @nb.njit(inline="always", fastmath=True)
+    def _h_polynomial(x, c0, c1, zero):  # pragma: no cover - compiled
+        return max(zero, c0 - c1 * abs(x))
+
+    @nb.njit(inline="always", fastmath=True)
+    def _h_sigmoid(x, c0, c1, zero):  # pragma: no cover - compiled
+        s = 1 / (1 + math.exp(-x * c0))
+        return s * (1 - s) * c0
+
+    @nb.njit(inline="always", fastmath=True)
+    def _h_gaussian(x, c0, c1, zero):  # pragma: no cover - compiled
+        return math.exp(-x * x * c0) * c1
+
+    @nb.njit(inline="always", fastmath=True)
+    def _h_atan(x, c0, c1, zero):  # pragma: no cover - compiled
+        z = x * c0
+        return c1 / (1 + z * z)
+
+    @nb.njit(inline="always", fastmath=True)
+    def _h_fast_sigmoid(x, c0, c1, zero):  # pragma: no cover - compiled
+        z = 1 + abs(x) * c0
+        return c1 / (z * z)
+
+    _CURVES = {
+        "rectangular": _h_rectangular, "polynomial": _h_polynomial, "sigmoid": _h_sigmoid,
+        "gaussian": _h_gaussian, "atan": _h_atan, "fast_sigmoid": _h_fast_sigmoid,
+    }
+
     @nb.njit(inline="always")
-    def _h(kind, x, a):  # pragma: no cover - compiled
-        """h(x) of :mod:`stbp.functional.surrogate`, x = u − V_th (double precision)."""
-        if kind == 0:
-            return 1.0 / a if abs(x) < a / 2 else 0.0
-        if kind == 1:
-            return max(0.0, math.sqrt(a) / 2 - (a / 4) * abs(x))
-        if kind == 2:
-            s = 1.0 / (1.0 + math.exp(-x / a))
-            return s * (1.0 - s) / a
-        if kind == 3:
-            return math.exp(-(x * x) / (2 * a)) / math.sqrt(2 * math.pi * a)
-        if kind == 4:
-            z = x / a
-            return 1.0 / (math.pi * a * (1.0 + z * z))
-        z = 1.0 + abs(x) / a
-        return 1.0 / (2 * a * z * z)
+    def _forward_row(x, u, prev, spikes, mem, thr, leak0, leak1):  # pragma: no cover - compiled
+        for j in range(x.shape[0]):
+            # u·f(o) + x rounded once, as the eager path's fused multiply-add
+            v = _fma(u[j], leak1 if prev[j] != 0 else leak0, x[j])
+            u[j] = v
+            mem[j] = v
+            spikes[j] = 1 if v >= thr else 0
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _forward_kernel(x, thr, leak0, leak1, spikes, mem):  # pragma: no cover - compiled
@@ -92,48 +128,55 @@ if HAVE_NUMBA:
         for b in nb.prange(nblocks):
             lo = b * _BLOCK
             hi = min(lo + _BLOCK, n)
-            u = np.empty(hi - lo, x.dtype)
-            fired = np.zeros(hi - lo, np.bool_)
-            for t in range(steps):
-                for j in range(hi - lo):
-                    if t == 0:
-                        u[j] = x[0, lo + j]
-                    else:
-                        # u·f(o) + x rounded once, as the eager path's fused multiply-add
-                        u[j] = _fma(u[j], leak1 if fired[j] else leak0, x[t, lo + j])
-                    mem[t, lo + j] = u[j]
-                    fired[j] = u[j] >= thr
-                    spikes[t, lo + j] = 1.0 if fired[j] else 0.0
+            u = np.zeros(hi - lo, x.dtype)  # u^0 = 0, o^0 = 0
+            silent = np.zeros(hi - lo, x.dtype)
+            _forward_row(x[0, lo:hi], u, silent, spikes[0, lo:hi], mem[0, lo:hi], thr, leak0,
+                         leak1)
+            for t in range(1, steps):
+                _forward_row(x[t, lo:hi], u, spikes[t - 1, lo:hi], spikes[t, lo:hi],
+                             mem[t, lo:hi], thr, leak0, leak1)
 
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _backward_kernel(
-        mem, grad_spikes, grad_mem, has_gs, has_gm, thr, kind, a, leak0, leak1, lgrad0, lgrad1,
-        temporal, eps,
-    ):  # pragma: no cover - compiled
-        steps, n = mem.shape
-        nblocks = (n + _BLOCK - 1) // _BLOCK
-        for b in nb.prange(nblocks):
-            lo = b * _BLOCK
-            hi = min(lo + _BLOCK, n)
-            nxt = np.zeros(hi - lo, np.float64)
-            for t in range(steps - 1, -1, -1):
-                for j in range(hi - lo):
-                    u = mem[t, lo + j]
-                    v = u - thr
-                    h = _h(kind, np.float64(v), a)
-                    e = 0.0
-                    if has_gs:
-                        e = grad_spikes[t, lo + j] * h
-                    if has_gm:
-                        e += grad_mem[t, lo + j]
-                    if temporal and t < steps - 1:
-                        if v >= 0:
-                            carry = leak1 + u * lgrad1 * h
-                        else:
-                            carry = leak0 + u * lgrad0 * h
-                        e += nxt[j] * carry
-                    eps[t, lo + j] = e
-                    nxt[j] = e
+    def _make_backward(h, with_grad_mem: bool):
+        """The backward kernel for one curve h (compiled separately, so the loop vectorizes)."""
+
+        @nb.njit(inline="always", fastmath=True)
+        def row(mem, gs, gm, out, nxt, thr, c0, c1, leak0, leak1, lg0, lg1, last):
+            zero = thr - thr
+            for j in range(mem.shape[0]):
+                u = mem[j]
+                v = u - thr
+                hv = h(v, c0, c1, zero)
+                e = gs[j] * hv
+                if with_grad_mem:
+                    e += gm[j]
+                if not last:  # the temporal path: ε^{t+1} · (f(o^t) + u^t · f'(o^t) · h(u^t))
+                    fired = v >= zero
+                    f = leak1 if fired else leak0
+                    fp = lg1 if fired else lg0
+                    e += nxt[j] * (f + u * fp * hv)
+                out[j] = e
+                nxt[j] = e
+
+        @nb.njit(parallel=True, cache=True, nogil=True)
+        def kernel(mem, gs, gm, thr, c0, c1, leak0, leak1, lg0, lg1, temporal, eps):
+            steps, n = mem.shape
+            nblocks = (n + _BLOCK - 1) // _BLOCK
+            for b in nb.prange(nblocks):
+                lo = b * _BLOCK
+                hi = min(lo + _BLOCK, n)
+                nxt = np.zeros(hi - lo, mem.dtype)
+                for t in range(steps - 1, -1, -1):
+                    g_mem = gm[t, lo:hi] if with_grad_mem else gm[0, 0:0]
+                    row(mem[t, lo:hi], gs[t, lo:hi], g_mem, eps[t, lo:hi], nxt, thr, c0, c1,
+                        leak0, leak1, lg0, lg1, (not temporal) or t == steps - 1)
+
+        return kernel
+
+    _BACKWARD = {
+        (name, with_gm): _make_backward(h, with_gm)
+        for name, h in _CURVES.items()
+        for with_gm in (False, True)
+    }
 
 
 def _threads() -> None:
@@ -171,19 +214,19 @@ def backward(
     _threads()
     shape = membrane.shape
     mem = membrane.contiguous().reshape(shape[0], -1)
-    empty = np.empty((0, 0), dtype=mem.numpy().dtype)
 
-    def flat(g: Tensor | None) -> np.ndarray:
-        if g is None:
-            return empty
+    def flat(g: Tensor) -> np.ndarray:
         return g.detach().to(mem.dtype).contiguous().reshape(mem.shape).numpy()
 
+    gs = flat(grad_spikes) if grad_spikes is not None else np.zeros(mem.shape, mem.numpy().dtype)
+    gm = flat(grad_membrane) if grad_membrane is not None else gs
     eps = torch.empty_like(mem)
-    np_dtype = np.float32 if mem.dtype == torch.float32 else np.float64
+    cast = np.float32 if mem.dtype == torch.float32 else np.float64
     leak0, leak1, lgrad0, lgrad1 = _leak_values(p, mem.dtype)
-    _backward_kernel(
-        mem.numpy(), flat(grad_spikes), flat(grad_membrane), grad_spikes is not None,
-        grad_membrane is not None, np_dtype(p.threshold), SURROGATE_CODES[p.surrogate.name],
-        float(p.surrogate.width), leak0, leak1, lgrad0, lgrad1, bool(p.temporal), eps.numpy(),
+    c0, c1 = _constants(p.surrogate.name, p.surrogate.width)
+    kernel = _BACKWARD[(p.surrogate.name, grad_membrane is not None)]
+    kernel(
+        mem.numpy(), gs, gm, cast(p.threshold), cast(c0), cast(c1), cast(leak0), cast(leak1),
+        cast(lgrad0), cast(lgrad1), bool(p.temporal), eps.numpy(),
     )
     return eps.view(shape)
