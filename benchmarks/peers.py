@@ -1,0 +1,300 @@
+"""One STBP training step, stbp against snnTorch, SpikingJelly and Norse, side by side.
+
+A step = Bernoulli encoding of a batch, forward over T steps, backward, Adam update, for the
+paper's MNIST MLP 784-800-10 (and, with ``--cnn``, the paper's CNN) with the MSE-on-rate loss.
+Each case runs in its own subprocess so that its peak memory is its own; the table gives the
+median ms/step, samples/s, the peak memory a step adds on top of the model and data, the ratio
+to the matmul-only floor (the same network's linear layers alone, fp32) and the speed-up of
+each stbp case over the fastest peer.
+
+Peers come from PyPI through the optional extra: ``pip install -e ".[bench]"``; a peer that is
+not installed is reported as such and skipped.
+
+    python benchmarks/peers.py                     # MLP, T = 30, batch 100, all CPU threads
+    python benchmarks/peers.py --steps-t 30 100    # the MLP at several T (cost linear in T?)
+    python benchmarks/peers.py --cnn               # also the CNN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MLP_CASES = ["floor", "stbp", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly", "norse"]
+CNN_CASES = ["stbp", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly"]
+PEERS = ("snntorch", "spikingjelly", "norse")
+DECAY, THRESHOLD = 0.1, 0.5  # the paper's MNIST neuron (decay τ = 0.1, V_th = 0.5)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- networks
+def _stbp(kind: str, backend: str):
+    from stbp import models
+
+    neuron = dict(decay=DECAY, threshold=THRESHOLD, backend=backend)
+    net = models.mlp([784, 800, 10], seed=0, **neuron) if kind == "mlp" else models.cnn(
+        seed=0, **neuron)
+    return net, lambda x: net(x)
+
+
+def _snntorch(kind: str):
+    import snntorch as snn
+    import torch
+    from torch import nn
+
+    beta = DECAY
+    grad = snn.surrogate.atan()
+    if kind == "mlp":
+        fcs = nn.ModuleList([nn.Linear(784, 800), nn.Linear(800, 10)])
+        lifs = nn.ModuleList([snn.Leaky(beta=beta, threshold=THRESHOLD, spike_grad=grad,
+                                        reset_mechanism="zero") for _ in fcs])
+        net = nn.ModuleDict({"fc": fcs, "lif": lifs})
+
+        def run(x):  # the snnTorch idiom: a Python loop over time steps
+            mems = [lif.init_leaky() for lif in lifs]
+            out = []
+            for t in range(x.shape[0]):
+                h = x[t].flatten(1)
+                for i, (fc, lif) in enumerate(zip(fcs, lifs, strict=True)):
+                    h, mems[i] = lif(fc(h), mems[i])
+                out.append(h)
+            return torch.stack(out)
+
+        return net, run
+    convs = nn.ModuleList([nn.Conv2d(1, 15, 5, padding=2), nn.Conv2d(15, 40, 5, padding=2)])
+    fcs = nn.ModuleList([nn.Linear(40 * 7 * 7, 300), nn.Linear(300, 10)])
+    lifs = nn.ModuleList([snn.Leaky(beta=beta, threshold=THRESHOLD, spike_grad=grad,
+                                    reset_mechanism="zero") for _ in range(4)])
+    net = nn.ModuleDict({"conv": convs, "fc": fcs, "lif": lifs})
+
+    def run_cnn(x):
+        mems = [lif.init_leaky() for lif in lifs]
+        out = []
+        for t in range(x.shape[0]):
+            h = x[t]
+            for i, conv in enumerate(convs):
+                h, mems[i] = lifs[i](conv(h), mems[i])
+                h = nn.functional.avg_pool2d(h, 2)
+            h = h.flatten(1)
+            for j, fc in enumerate(fcs):
+                h, mems[2 + j] = lifs[2 + j](fc(h), mems[2 + j])
+            out.append(h)
+        return torch.stack(out)
+
+    return net, run_cnn
+
+
+def _spikingjelly(kind: str):
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+    from torch import nn
+
+    def lif():
+        # multi-step mode; on a CPU SpikingJelly's only backend is "torch" (its default)
+        return neuron.LIFNode(tau=1 / (1 - DECAY), v_threshold=THRESHOLD, decay_input=False,
+                              surrogate_function=surrogate.ATan(), step_mode="m")
+
+    if kind == "mlp":
+        net = nn.Sequential(layer.Flatten(step_mode="m"), layer.Linear(784, 800, step_mode="m"),
+                            lif(), layer.Linear(800, 10, step_mode="m"), lif())
+    else:
+        net = nn.Sequential(
+            layer.Conv2d(1, 15, 5, padding=2, step_mode="m"), lif(),
+            layer.AvgPool2d(2, step_mode="m"),
+            layer.Conv2d(15, 40, 5, padding=2, step_mode="m"), lif(),
+            layer.AvgPool2d(2, step_mode="m"), layer.Flatten(step_mode="m"),
+            layer.Linear(40 * 7 * 7, 300, step_mode="m"), lif(),
+            layer.Linear(300, 10, step_mode="m"), lif(),
+        )
+
+    def run(x):
+        functional.reset_net(net)
+        return net(x)
+
+    return net, run
+
+
+def _norse(kind: str):
+    import norse.torch as norse
+    import torch
+    from torch import nn
+
+    p = norse.LIFParameters(v_th=torch.tensor(THRESHOLD), method="super")
+    fc1, fc2 = nn.Linear(784, 800), nn.Linear(800, 10)
+    lif1, lif2 = norse.LIF(p), norse.LIF(p)
+    net = nn.ModuleList([fc1, fc2, lif1, lif2])
+
+    def run(x):  # norse.LIF runs the recurrence over the leading time axis
+        h, _ = lif1(fc1(x.flatten(2)))
+        out, _ = lif2(fc2(h))
+        return out
+
+    return net, run
+
+
+def _floor(kind: str):
+    from torch import nn
+
+    net = nn.Sequential(nn.Flatten(2), nn.Linear(784, 800), nn.Linear(800, 10))
+    return net, lambda x: net(x)
+
+
+# ----------------------------------------------------------------------------- one case
+def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: int,
+           threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if case == "floor":
+        net, run = _floor(kind)
+    elif case.startswith("stbp"):
+        net, run = _stbp(kind, "torch" if case == "stbp-eager" else "auto")
+    elif case == "snntorch":
+        net, run = _snntorch(kind)
+    elif case == "spikingjelly":
+        net, run = _spikingjelly(kind)
+    else:
+        net, run = _norse(kind)
+    bf16 = case == "stbp-bf16"
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 1, 28, 28, generator=gen) * 0.26  # MNIST's mean intensity
+    labels = torch.randint(0, 10, (batch,), generator=gen)
+    onehot = torch.nn.functional.one_hot(labels, 10).float()
+
+    def step(n: int = batch):
+        x = (torch.rand((steps_t, n, *images.shape[1:]), generator=gen) < images[:n]).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = run(x)
+        rate = out.float().mean(0)
+        loss = 0.5 * ((onehot[:n] - rate) ** 2).sum(1).mean()  # E5
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(1)  # load libraries and compile kernels before the baseline is taken
+    base = _rss_mb()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * statistics.median(times)
+    return {"case": case, "kind": kind, "T": steps_t, "batch": batch, "ms": ms,
+            "samples_s": batch / ms * 1000, "peak_mb": max(0.0, _peak_mb() - base),
+            "threads": threads}
+
+
+# ----------------------------------------------------------------------------- driver
+def _available(case: str) -> bool:
+    if case not in PEERS:
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec(case) is not None
+
+
+def _run_case(case, kind, steps_t, args) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", case, "--kind", kind, "--steps-t", str(steps_t),
+           "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"  {case}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _table(rows: list[dict]) -> str:
+    floor = next((r["ms"] for r in rows if r["case"] == "floor"), None)
+    peers = [r for r in rows if r["case"] in PEERS]
+    fastest = min(peers, key=lambda r: r["ms"]) if peers else None
+    least_mem = min(peers, key=lambda r: r["peak_mb"]) if peers else None
+    head = ("| case | ms/step | samples/s | peak MB | × floor | speed-up vs fastest peer "
+            "| memory vs leanest peer |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        x_floor = f"{r['ms'] / floor:.2f}" if floor else "—"
+        speed = f"{fastest['ms'] / r['ms']:.2f}× ({fastest['case']})" if fastest else "—"
+        mem = (f"{r['peak_mb'] / least_mem['peak_mb']:.2f}× ({least_mem['case']})"
+               if least_mem and least_mem["peak_mb"] > 0 else "—")
+        lines.append(f"| {r['case']} | {r['ms']:.1f} | {r['samples_s']:.0f} | {r['peak_mb']:.0f} "
+                     f"| {x_floor} | {speed} | {mem} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps-t", type=int, nargs="+", default=[30], help="time steps T")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--iters", type=int, default=20, help="timed steps per case")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--cnn", action="store_true", help="also benchmark the paper's CNN")
+    ap.add_argument("--cases", help="comma-separated subset of " + ",".join(MLP_CASES))
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--kind", default="mlp", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.kind, args.steps_t[0], args.batch, args.iters,
+                                args.warmup, args.threads)))
+        return 0
+    print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
+          f"median of {args.iters} steps after {args.warmup} warm-up")
+    wanted = set(args.cases.split(",")) if args.cases else None
+    all_rows = []
+    plans = [("mlp", MLP_CASES)] + ([("cnn", CNN_CASES)] if args.cnn else [])
+    for kind, cases in plans:
+        for steps_t in args.steps_t if kind == "mlp" else args.steps_t[:1]:
+            rows = []
+            for case in cases:
+                if wanted and case not in wanted:
+                    continue
+                if not _available(case):
+                    print(f"  {case}: not installed (pip install -e '.[bench]'); skipped")
+                    continue
+                row = _run_case(case, kind, steps_t, args)
+                if row:
+                    rows.append(row)
+            print(f"\n### {kind.upper()}, T = {steps_t}\n")
+            print(_table(rows))
+            all_rows += rows
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "rows": all_rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
