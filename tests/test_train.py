@@ -111,6 +111,9 @@ def test_cli_presets(capsys):
         (["train", "--preset", "mnist-mlp", "--set", "data.validation=60000"],
          "must be smaller than the 60000 mnist training images"),
         (["eval", "--run", ".", "--limit-eval", "0"], "--limit-eval must be >= 1"),
+        (["train", "--preset", "mnist-mlp", "--nproc", "0"], "--nproc must be an integer >= 1"),
+        (["train", "--preset", "mnist-mlp", "--nproc", "4", "--set", "train.batch_size=2"],
+         "must be at least the number of processes"),
         (["train", "--preset", "mnist-mlp", "--data-dir", "/nonexistent/mnist"],
          "--data-dir /nonexistent/mnist: no such directory"),
         (["train", "--preset", "mnist-mlp", "--limit-train", "0"], "--limit-train must be >= 1"),
@@ -197,3 +200,23 @@ def test_bf16_and_direct_input_learn(settings, floor, mnist_dir, tmp_path):
     summary = train(cfg, tmp_path / "run", data_dir=mnist_dir, limit_train=1000, limit_eval=500,
                     progress=False)
     assert summary["best_val_acc"] > floor, summary
+
+
+def test_two_processes_follow_the_one_process_trajectory(mnist_dir, tmp_path):
+    """Data-parallel (2 gloo processes) = one process with the same global batch."""
+    cfg = _cfg(epochs=2, batch_size=50)
+    kw = dict(data_dir=mnist_dir, limit_train=400, limit_eval=200, progress=False)
+    one = train(cfg, tmp_path / "one", **kw)
+    two = train(cfg, tmp_path / "two", nproc=2, **kw)
+    assert two["processes"] == 2 and one["processes"] == 1
+
+    def metrics(d):
+        return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 * a["train_loss"], (a, b)
+        assert abs(a["val_acc"] - b["val_acc"]) <= 1.0
+    wa = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-3), (k, (wa[k] - wb[k]).abs().max())

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="use only the first N validation and test images")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out (same result as uninterrupted)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="train data-parallel in N local processes (same global batch, same "
+                   "result; CPU threads are split between them)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a trained run on the validation and test splits")
@@ -91,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(
         cfg, out, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
-        limit_eval=args.limit_eval, progress=not args.no_progress,
+        limit_eval=args.limit_eval, progress=not args.no_progress, nproc=args.nproc,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stbp import encoding
+from stbp import distributed, encoding
 from stbp.augment import random_shift
 from stbp.config import DATASETS, to_toml, validate
 from stbp.data.mnist import MNISTSplit, load_mnist, locate_mnist
@@ -181,10 +181,21 @@ def train(
     limit_train: int | None = None,
     limit_eval: int | None = None,
     progress: bool = True,
+    nproc: int = 1,
 ) -> dict[str, Any]:
-    """Train the configured network; write the run directory ``out``; return the summary."""
+    """Train the configured network; write the run directory ``out``; return the summary.
+
+    ``nproc > 1`` trains data-parallel in that many local processes (:mod:`stbp.distributed`),
+    with the same global batch and the same result as one process, to float rounding.
+    """
     from tqdm import tqdm
 
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise StbpError(f"--nproc must be an integer >= 1, got {nproc!r}")
+    if nproc > 1 and cfg["train"]["batch_size"] < nproc:
+        raise StbpError(f"--nproc {nproc}: [train] batch_size = {cfg['train']['batch_size']} "
+                        "must be at least the number of processes")
+    group = distributed.current()
     out = Path(out)
     last_path, best_path = out / "last.pt", out / "best.pt"
     limits = {"limit_train": limit_train, "limit_eval": limit_eval}
@@ -206,6 +217,16 @@ def train(
             )
     elif last_path.is_file() or (out / "summary.json").is_file():
         raise StbpError(f"--out {out}: already holds a run; use --resume or another directory")
+    if nproc > 1 and group.world == 1:
+        locate_mnist(data_dir)  # fail here, once, rather than in every process
+        kwargs = dict(cfg=cfg, out=out, resume=resume, data_dir=data_dir,
+                      limit_train=limit_train, limit_eval=limit_eval, progress=progress)
+        try:
+            distributed.launch(nproc, train, kwargs)
+        except Exception as err:  # noqa: BLE001 - a worker's error, re-raised as one message
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            raise StbpError(f"--nproc {nproc}: a training process failed: {last}") from None
+        return json.loads((out / "summary.json").read_text())
 
     # Everything that can fail on bad input happens before the run directory is written.
     tcfg, steps = cfg["train"], cfg["encoding"]["steps"]
@@ -216,7 +237,10 @@ def train(
     val_split, test_split = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
 
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_model(cfg)  # the same weights in every process (seeded)
+    net: nn.Module = model
+    if group.world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
     opt = _optimizer(model, tcfg)
     batch = tcfg["batch_size"]
     steps_per_epoch = math.ceil(len(train_split) / batch)
@@ -224,12 +248,16 @@ def train(
     loss_fn = _loss(tcfg)
     data_source = str(folder.resolve())
 
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.toml", to_toml(cfg))
-    _log(
+    main = group.is_main
+    log = _log if main else (lambda _msg: None)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "config.toml", to_toml(cfg))
+    log(
         f"stbp: {_describe(cfg)} on {cfg['data']['dataset']} ({len(train_split)} train / "
         f"{len(val_split)} val / {len(test_split)} test, from {data_source}), T = {steps}, "
         f"{tcfg['epochs']} epochs -> {out}"
+        + (f", {group.world} processes" if group.world > 1 else "")
     )
 
     history: list[dict[str, Any]] = []
@@ -242,18 +270,20 @@ def train(
         sched.load_state_dict(state["scheduler"])
         history, best, seconds = state["history"], state["best"], state["seconds"]
         start_epoch = state["epoch"] + 1
-        _log(f"stbp: resuming {out} after epoch {state['epoch']}")
-    _atomic_write(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        log(f"stbp: resuming {out} after epoch {state['epoch']}")
+    if main:
+        _atomic_write(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
     for epoch in range(start_epoch, tcfg["epochs"] + 1):
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         order = torch.randperm(len(train_split), generator=_gen(seed, epoch, 0))
         spike_gen = _gen(seed, epoch, 1)
         shift_gen = _gen(seed, epoch, 2)
         tot_loss, tot_correct, seen = 0.0, 0, 0
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}/{tcfg['epochs']}", disable=not progress,
+            range(steps_per_epoch), desc=f"epoch {epoch}/{tcfg['epochs']}",
+            disable=not (progress and main),
             leave=False, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30,
         )
         for i in bar:
@@ -263,17 +293,23 @@ def train(
                 images = random_shift(images, shift, generator=shift_gen)
             x = encoding.encode(enc, images, steps, generator=spike_gen)
             y = train_split.labels[idx]
+            n = len(idx)
+            if group.world > 1:  # every process drew the whole batch; each runs its share
+                part = group.shard(n)
+                x, y = x[:, part], y[part]
             with autocast(tcfg["precision"]):
-                out_spikes = model(x)
+                out_spikes = net(x)
                 loss = loss_fn(out_spikes, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages over processes: weight each share so the average is the batch mean
+            (loss * (len(y) * group.world / n) if group.world > 1 else loss).backward()
             lr_used = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
-            n = len(idx)
-            tot_loss += float(loss.detach()) * n
-            tot_correct += int((predict(out_spikes.detach()) == y).sum())
+            batch_loss, batch_correct = group.all_sum(
+                [float(loss.detach()) * len(y), float((predict(out_spikes.detach()) == y).sum())])
+            tot_loss += batch_loss
+            tot_correct += int(batch_correct)
             seen += n
             bar.set_postfix(
                 loss=f"{tot_loss / seen:.4f}", acc=f"{100 * tot_correct / seen:.2f}",
@@ -283,6 +319,9 @@ def train(
         train_seconds = time.perf_counter() - t0
         ev = dict(batch_size=tcfg["eval_batch_size"], encoding_kind=enc,
                   precision=tcfg["precision"])
+        if not main:  # rank 0 evaluates and writes; the others wait for the next epoch
+            group.barrier()
+            continue
         val_acc = evaluate(model, val_split, steps, seed=seed, **ev)
         test_acc = evaluate(model, test_split, steps, seed=seed + 1, **ev)
         seconds += time.perf_counter() - t0
@@ -315,7 +354,10 @@ def train(
             f"test {test_acc:.2f}%  {record['train_samples_per_s']:.0f} samples/s  "
             f"{record['epoch_seconds']:.0f}s"
         )
+        group.barrier()
 
+    if not main:
+        return {}
     best_test = max(history, key=lambda h: h["test_acc"])
     summary = {
         "best_val_acc": best["val_acc"],
@@ -333,6 +375,7 @@ def train(
         "data_dir": data_source,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "processes": group.world,
     }
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
