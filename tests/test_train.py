@@ -17,20 +17,22 @@ SMALL = ["--limit-train", "1000", "--limit-eval", "500", "--no-progress"]
 
 def _cfg(**train_over):
     over = [f"train.{k}={v}" for k, v in train_over.items()]
-    return load_config("mnist-mlp", overrides=["model.sizes=[784, 100, 10]", *over])
+    # no augmentation: these runs see 1,000 digits or fewer for an epoch or two
+    return load_config("mnist-mlp", overrides=["model.sizes=[784, 100, 10]", "data.shift=0", *over])
 
 
 def test_cli_train_then_eval(mnist_dir, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--preset", "mnist-mlp", "--set", "model.sizes=[784, 100, 10]",
-               "--epochs", "2", "--seed", "1", "--data-dir", str(mnist_dir), "--out", str(out),
+               "--set", "data.shift=0", "--epochs", "2", "--seed", "1", "--data-dir", str(mnist_dir), "--out", str(out),
                *SMALL])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     for key in ("best_val_acc", "test_acc", "best_epoch", "epochs", "seconds", "seed"):
         assert key in summary
     assert summary["seed"] == 1 and summary["epochs"] == 2
-    assert summary["best_val_acc"] > 60, "a 784-100-10 STBP net must learn from 1000 digits"
+    # chance is 10 %; 2 epochs over 1,000 digits reach about 60 %
+    assert summary["best_val_acc"] > 40, "a 784-100-10 STBP net must learn from 1000 digits"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
     assert {p.name for p in out.iterdir()} >= {"config.toml", "metrics.jsonl", "summary.json",
@@ -196,7 +198,7 @@ def test_resume_options_and_eval_reuses_the_runs_data(mnist_dir, tmp_path, capsy
                                             (["encoding.kind=direct"], 30)])
 def test_bf16_and_direct_input_learn(settings, floor, mnist_dir, tmp_path):
     cfg = load_config("mnist-mlp", overrides=["model.sizes=[784, 100, 10]", "train.epochs=2",
-                                              *settings])
+                                              "data.shift=0", *settings])
     summary = train(cfg, tmp_path / "run", data_dir=mnist_dir, limit_train=1000, limit_eval=500,
                     progress=False)
     assert summary["best_val_acc"] > floor, summary

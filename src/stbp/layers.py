@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stbp.errors import StbpError
+from stbp.functional import synapse
 from stbp.functional.lif import LIFParams, lif_with
 from stbp.functional.surrogate import SurrogateLike
 
@@ -59,14 +60,21 @@ class LIF(nn.Module):
         self.membrane: Tensor | None = None
 
     def forward(self, current: Tensor) -> Tensor:
+        return self.fire(current)
+
+    def fire(self, current: Tensor, *, overwrite: bool = False) -> Tensor:
+        """Spikes for ``current``; ``overwrite=True`` (for a temporary current, as the synaptic
+        layers pass) stores the membrane potentials in the current's memory."""
         _check_steps_batch(current, 2, "LIF")
         if current.dtype in (torch.bfloat16, torch.float16):
             # mixed precision: half-precision synapses, membrane state kept in float32
             current = current.float()
+            overwrite = True  # the float32 copy is ours
         if self.record:
-            spikes, self.membrane = lif_with(current, self.params, return_membrane=True)
+            spikes, self.membrane = lif_with(current, self.params, return_membrane=True,
+                                             overwrite=overwrite)
             return spikes
-        return lif_with(current, self.params)
+        return lif_with(current, self.params, overwrite=overwrite)
 
     def extra_repr(self) -> str:
         p = self.params
@@ -77,7 +85,11 @@ class LIF(nn.Module):
 
 
 class Linear(nn.Module):
-    """Fully connected synapses + LIF neurons: o^{t,n} = LIF(W o^{t,n-1} + b) for all t at once."""
+    """Fully connected synapses + LIF neurons: o^{t,n} = LIF(W o^{t,n-1} + b) for all t at once.
+
+    Memory: a spiking input is kept for the backward as one byte per value
+    (:mod:`stbp.functional.synapse`), and the membrane potentials take the current's place.
+    """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, **neuron) -> None:
         super().__init__()
@@ -94,11 +106,15 @@ class Linear(nn.Module):
         if _constant_in_time(x):  # direct input: the same current at every step, computed once
             current = self.synapse(x[0])
             return self.neuron(current.unsqueeze(0).expand(x.shape[0], *current.shape))
-        return self.neuron(self.synapse(x))
+        current = synapse.linear(x, self.synapse.weight, self.synapse.bias)
+        return self.neuron.fire(current, overwrite=True)
 
 
 class Conv2d(nn.Module):
-    """2-D convolution synapses + LIF neurons on ``[T, B, C, H, W]`` (one conv over T·B images)."""
+    """2-D convolution synapses + LIF neurons on ``[T, B, C, H, W]`` (one conv over T·B images).
+
+    Memory as for :class:`Linear`: spiking (or average-pooled spiking) input is kept as bytes.
+    """
 
     def __init__(
         self,
@@ -123,8 +139,10 @@ class Conv2d(nn.Module):
         if _constant_in_time(x):  # direct input: one conv for all steps
             current = self.synapse(x[0])
             return self.neuron(current.unsqueeze(0).expand(steps, *current.shape))
-        current = self.synapse(x.flatten(0, 1))
-        return self.neuron(current.unflatten(0, (steps, batch)))
+        conv = self.synapse
+        current = synapse.conv2d(x.flatten(0, 1), conv.weight, conv.bias, conv.stride[0],
+                                 conv.padding[0])
+        return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True)
 
 
 class AvgPool2d(nn.Module):

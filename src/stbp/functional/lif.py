@@ -109,10 +109,14 @@ def _check_current(current: Tensor) -> None:
         raise StbpError("current has T = 0 time steps; T must be >= 1")
 
 
-def _forward(x: Tensor, p: LIFParams, smooth: bool) -> tuple[Tensor, Tensor]:
-    """Run the recurrence; return (spikes, membrane u^t before reset)."""
+def _forward(x: Tensor, p: LIFParams, smooth: bool, overwrite: bool) -> tuple[Tensor, Tensor]:
+    """Run the recurrence; return (spikes, membrane u^t before reset).
+
+    With ``overwrite`` the membrane is written over the current x (u^t replaces x^t once step t
+    has read it), saving one ``[T, ...]`` buffer.
+    """
     spikes = torch.empty_like(x)
-    membrane = torch.empty_like(x)
+    membrane = x.detach() if overwrite else torch.empty_like(x)
     u = x[0]
     for t in range(x.shape[0]):
         if t:
@@ -139,9 +143,14 @@ class _LIFFunction(torch.autograd.Function):
     """All T steps of E2–E4 forward; E6–E7 written out as the backward."""
 
     @staticmethod
-    def forward(ctx, current: Tensor, p: LIFParams, smooth: bool):  # type: ignore[override]
+    def forward(ctx, current: Tensor, p: LIFParams, smooth: bool,  # type: ignore[override]
+                overwrite: bool):
         fused = _use_numba(current, p, smooth)
-        spikes, membrane = lif_numba.forward(current, p) if fused else _forward(current, p, smooth)
+        overwrite = overwrite and current.is_contiguous()
+        if fused:
+            spikes, membrane = lif_numba.forward(current, p, overwrite=overwrite)
+        else:
+            spikes, membrane = _forward(current, p, smooth, overwrite)
         ctx.p = p
         ctx.smooth = smooth
         ctx.fused = fused
@@ -154,9 +163,9 @@ class _LIFFunction(torch.autograd.Function):
         membrane, saved_spikes = ctx.saved_tensors
         p: LIFParams = ctx.p
         if grad_spikes is None and grad_membrane is None:
-            return None, None, None
+            return None, None, None, None
         if ctx.fused:
-            return lif_numba.backward(membrane, grad_spikes, grad_membrane, p), None, None
+            return lif_numba.backward(membrane, grad_spikes, grad_membrane, p), None, None, None
         v = membrane - p.threshold
         h = p.surrogate.derivative(v)
         # direct term of ε^t: δ^t · h(u^t) (+ any gradient on the exposed membrane itself)
@@ -169,7 +178,7 @@ class _LIFFunction(torch.autograd.Function):
             carry = torch.addcmul(p.leak(spikes), membrane * p.leak_grad(spikes), h)
             for t in range(membrane.shape[0] - 2, -1, -1):
                 eps[t].addcmul_(eps[t + 1], carry[t])
-        return eps, None, None
+        return eps, None, None, None
 
 
 def lif(
@@ -212,16 +221,25 @@ def lif(
 
 
 def lif_with(
-    current: Tensor, p: LIFParams, *, return_membrane: bool = False, smooth: bool = False
+    current: Tensor,
+    p: LIFParams,
+    *,
+    return_membrane: bool = False,
+    smooth: bool = False,
+    overwrite: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`lif` with already-validated :class:`LIFParams` (what the modules call).
 
     ``smooth=True`` replaces the firing step by the surrogate's primitive (a smooth step whose
     derivative is h): then the STBP backward is the exact gradient, which lets a
     finite-difference check verify the recursion. It is an analysis tool, not a neuron model.
+
+    ``overwrite=True`` lets the membrane potentials (which the backward keeps) take the place of
+    ``current`` in memory: for a caller whose current is a temporary nobody else reads, such as
+    the output of a layer's matmul; ``current`` then holds u^t afterwards.
     """
     _check_current(current)
-    spikes, membrane = _LIFFunction.apply(current, p, smooth)
+    spikes, membrane = _LIFFunction.apply(current, p, smooth, overwrite)
     return (spikes, membrane) if return_membrane else spikes
 
 

@@ -190,13 +190,17 @@ def _leak_values(p, dtype: torch.dtype) -> tuple[float, float, float, float]:
     return float(f[0]), float(f[1]), float(fp[0]), float(fp[1])
 
 
-def forward(current: Tensor, p) -> tuple[Tensor, Tensor]:
-    """Spikes and membrane ``[T, ...]`` of :func:`stbp.functional.lif` (no autograd here)."""
+def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    """Spikes and membrane ``[T, ...]`` of :func:`stbp.functional.lif` (no autograd here).
+
+    With ``overwrite`` the membrane is written over the (contiguous) current: step t reads x^t
+    before it writes u^t in the same place.
+    """
     _threads()
     x = current.detach().contiguous()
     flat = x.reshape(x.shape[0], -1)
     spikes = torch.empty_like(flat)
-    mem = torch.empty_like(flat)
+    mem = flat if overwrite else torch.empty_like(flat)
     np_dtype = np.float32 if x.dtype == torch.float32 else np.float64
     leak0, leak1, _, _ = _leak_values(p, x.dtype)
     # the threshold in the tensor's dtype and f(o) as the eager path rounds them

@@ -1,0 +1,195 @@
+"""Synaptic currents (E1) for all T steps at once, with compact saved state for the backward.
+
+x^{t,n} = W o^{t,n-1} + b is one matmul (or one convolution) over the T·B rows. Its backward
+needs the layer's input for the weight gradient ∂L/∂W = Σ_t ε^{t,n} (o^{t,n-1})ᵀ (E8). In a
+spiking network that input is spikes (0/1), or average-pooled spikes (multiples of 1/k²): such
+an input is saved as one byte per value — the exact code c = 36·value, decoded as c / 36 — not
+four, and turned back into floats one chunk of rows at a time while the weight gradient is
+summed, so no full-size float copy is ever made again. Any other input (analog intensities, a
+user's floats) is saved as it is. Gradients are those of ``F.linear`` / ``F.conv2d`` up to the
+order in which the chunks are summed.
+
+Under ``torch.autocast`` (``[train] precision = "bf16"``) the forward runs in the autocast
+dtype like ``F.linear`` would, and the backward computes in that dtype too, summing the weight
+gradient chunks in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stbp.functional.lif_numba import HAVE_NUMBA, nb
+
+__all__ = ["linear", "conv2d", "pack", "unpack", "QUANTUM"]
+
+#: codes are 36 × value: exact for spikes (0/1) and for 1×1, 2×2, 3×3 and 6×6 average pools of
+#: spikes, with values up to 255 / 36 ≈ 7.08
+QUANTUM = 36
+_CHUNK = 1 << 20  # elements per float chunk in the backward (4 MiB of float32)
+_BLOCK = 1 << 16
+
+if HAVE_NUMBA:
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _pack_kernel(x, codes, ok):  # pragma: no cover - compiled
+        n = x.shape[0]
+        q = x.dtype.type(QUANTUM)
+        nblocks = (n + _BLOCK - 1) // _BLOCK
+        for b in nb.prange(nblocks):
+            good = 1
+            for j in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
+                v = x[j]
+                c = np.rint(v * q)
+                if not (c >= 0 and c <= 255 and c / q == v):
+                    good = 0
+                    break
+                codes[j] = np.uint8(c)
+            ok[b] = good
+
+
+def pack(x: Tensor) -> Tensor | None:
+    """One-byte codes of ``x`` (``uint8``, value = code / 36), or ``None`` if not exact.
+
+    ``x`` is exactly representable when every value is k/36 for an integer k in [0, 255] as
+    ``unpack`` rounds it — true of spikes and of average-pooled spikes.
+    """
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not HAVE_NUMBA:
+        return _pack_torch(x)
+    flat = x.detach().contiguous().reshape(-1)
+    codes = torch.empty(flat.shape, dtype=torch.uint8)
+    if not flat.numel():
+        return codes.view(x.shape)
+    ok = np.zeros((flat.numel() + _BLOCK - 1) // _BLOCK, np.uint8)
+    _pack_kernel(flat.numpy(), codes.numpy(), ok)
+    return codes.view(x.shape) if ok.all() else None
+
+
+def _pack_torch(x: Tensor) -> Tensor | None:
+    if not x.is_floating_point():
+        return None
+    c = torch.round(x.detach() * QUANTUM)
+    if not bool(((c >= 0) & (c <= 255) & (c / QUANTUM == x)).all()):
+        return None
+    return c.to(torch.uint8)
+
+
+def unpack(codes: Tensor, dtype: torch.dtype) -> Tensor:
+    """The values that :func:`pack` encoded, as ``dtype``."""
+    return codes.to(dtype).div_(QUANTUM)
+
+
+def _rows(n_per_row: int) -> int:
+    return max(1, _CHUNK // max(1, n_per_row))
+
+
+def _save(ctx, x: Tensor, weight: Tensor) -> None:
+    """Save the input (packed when exact; only when a weight gradient needs it) and W."""
+    codes = pack(x) if weight.requires_grad else None
+    ctx.packed = codes is not None
+    ctx.in_shape, ctx.in_dtype = x.shape, x.dtype
+    kept = codes if codes is not None else (x if weight.requires_grad else None)
+    ctx.save_for_backward(kept, weight)
+
+
+def _input_chunk(ctx, saved: Tensor, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
+    part = saved[lo:hi]
+    return unpack(part, dtype) if ctx.packed else part.to(dtype)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):  # type: ignore[override]
+        out = F.linear(x, weight, bias)
+        ctx.dtype = out.dtype
+        ctx.has_bias = bias is not None
+        _save(ctx, x.reshape(-1, x.shape[-1]), weight)
+        ctx.in_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        saved, weight = ctx.saved_tensors
+        dtype = ctx.dtype
+        g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ weight.to(dtype)).reshape(ctx.in_shape).to(ctx.in_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32 if dtype != torch.float64
+                                 else dtype)
+            step = _rows(saved.shape[1])
+            for lo in range(0, saved.shape[0], step):
+                hi = min(lo + step, saved.shape[0])
+                grad_w.add_(g[lo:hi].t() @ _input_chunk(ctx, saved, lo, hi, dtype))
+            grad_w = grad_w.to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0, dtype=torch.float32 if dtype != torch.float64 else dtype)
+            grad_b = grad_b.to(weight.dtype)
+        return grad_x, grad_w, grad_b
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,  # type: ignore[override]
+                padding: int):
+        out = F.conv2d(x, weight, bias, stride, padding)
+        ctx.dtype = out.dtype
+        ctx.has_bias = bias is not None
+        ctx.stride, ctx.padding = stride, padding
+        _save(ctx, x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        saved, weight = ctx.saved_tensors
+        dtype = ctx.dtype
+        g = grad.to(dtype)
+        w = weight.to(dtype)
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        acc = torch.float32 if dtype != torch.float64 else dtype
+        grad_x = torch.empty(ctx.in_shape, dtype=dtype) if need_x else None
+        grad_w = torch.zeros(weight.shape, dtype=acc) if need_w else None
+        n = ctx.in_shape[0]
+        step = _rows(int(torch.Size(ctx.in_shape[1:]).numel())) if need_w else n
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            x = (_input_chunk(ctx, saved, lo, hi, dtype) if need_w
+                 else torch.empty((hi - lo, *ctx.in_shape[1:]), dtype=dtype))
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                g[lo:hi], x, w, None, [ctx.stride] * 2, [ctx.padding] * 2, [1, 1], False,
+                [0, 0], 1, [need_x, need_w, False],
+            )
+            if need_x:
+                grad_x[lo:hi] = gx
+            if need_w:
+                grad_w.add_(gw)
+        grad_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum((0, 2, 3), dtype=acc).to(weight.dtype)
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.in_dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _tracks(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value."""
+    if not _tracks(x, weight, bias):
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias)
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
+           padding: int = 0) -> Tensor:
+    """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value."""
+    if not _tracks(x, weight, bias):
+        return F.conv2d(x, weight, bias, stride, padding)
+    return _Conv2d.apply(x, weight, bias, stride, padding)

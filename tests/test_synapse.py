@@ -1,0 +1,208 @@
+"""Synaptic layers with compact saved state: same gradients as F.linear / F.conv2d, less memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stbp import encoding, layers, models
+from stbp.functional import lif_numba, synapse
+from stbp.functional.lif import LIFParams, lif_with
+from stbp.loss import rate_mse
+
+NEURON = dict(decay=0.1, threshold=0.5)
+
+
+def _spikes(*shape, rate=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) < rate).float()
+
+
+# ------------------------------------------------------------------------------------ pack
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pack_is_exact_for_spikes_and_pooled_spikes(dtype):
+    s = _spikes(6, 2, 3, 8, 8).to(dtype)
+    codes = synapse.pack(s)
+    assert codes is not None and codes.dtype == torch.uint8 and codes.shape == s.shape
+    assert torch.equal(synapse.unpack(codes, dtype), s)
+    for k in (2, 3):  # average pools of spikes: multiples of 1/4 and 1/9
+        pooled = F.avg_pool2d(s.flatten(0, 2), k)
+        c = synapse.pack(pooled)
+        assert c is not None and torch.equal(synapse.unpack(c, dtype), pooled)
+        assert torch.equal(synapse._pack_torch(pooled), c)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.tensor([0.0, 0.3]),  # analog intensity
+        torch.tensor([1.0, -1.0]),  # negative
+        torch.tensor([8.0, 0.0]),  # above 255/36
+        torch.tensor([float("nan"), 1.0]),
+        torch.tensor([float("inf"), 1.0]),
+        torch.tensor([1.0, 1 / 7]),  # not a multiple of 1/36
+    ],
+)
+def test_pack_refuses_values_it_cannot_restore(bad):
+    assert synapse.pack(bad) is None
+    assert synapse._pack_torch(bad) is None
+    big = torch.zeros(3 * synapse._BLOCK + 5)
+    big[-1] = bad[1] if bad[0] in (0.0, 1.0) else bad[0]  # one bad value in the last block
+    assert synapse.pack(big) is None
+
+
+def test_pack_empty_and_other_dtypes():
+    assert synapse.pack(torch.zeros(0, 4)).shape == (0, 4)
+    c = synapse.pack(torch.ones(3, dtype=torch.bfloat16))  # torch fallback
+    assert c is not None and c.tolist() == [36, 36, 36]
+    assert synapse.pack(torch.ones(3, dtype=torch.int64)) is None
+
+
+# ------------------------------------------------------------------------------- gradients
+def _grads(fn, x, w, b):
+    x, w = x.detach().clone().requires_grad_(x.requires_grad), w.clone().requires_grad_()
+    b = b.clone().requires_grad_() if b is not None else None
+    out = fn(x, w, b)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    out.backward(g)
+    return out, x.grad, w.grad, b.grad if b is not None else None
+
+
+@pytest.mark.parametrize("spiking", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_f_linear(spiking, input_grad, bias, monkeypatch):
+    monkeypatch.setattr(synapse, "_CHUNK", 64)  # several chunks in the weight gradient
+    x = _spikes(5, 4, 12) if spiking else torch.rand(5, 4, 12)
+    x.requires_grad_(input_grad)
+    w = torch.randn(7, 12)
+    b = torch.randn(7) if bias else None
+    ours = _grads(synapse.linear, x, w, b)
+    ref = _grads(F.linear, x, w, b)
+    assert torch.equal(ours[0], ref[0])
+    assert (ours[1] is not None) == input_grad
+    for a, r in zip(ours[1:], ref[1:], strict=True):
+        assert (a is None) == (r is None)
+        if a is not None:
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+@pytest.mark.parametrize("stride,padding", [(1, 2), (2, 0)])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad, monkeypatch):
+    monkeypatch.setattr(synapse, "_CHUNK", 500)
+    x = F.avg_pool2d(_spikes(9, 3, 12, 12), pool)
+    x.requires_grad_(input_grad)
+    w = torch.randn(4, 3, 5, 5)
+    b = torch.randn(4)
+    ours = _grads(lambda x, w, b: synapse.conv2d(x, w, b, stride, padding), x, w, b)
+    ref = _grads(lambda x, w, b: F.conv2d(x, w, b, stride, padding), x, w, b)
+    assert torch.equal(ours[0], ref[0])
+    assert (ours[1] is not None) == input_grad
+    for a, r in zip(ours[1:], ref[1:], strict=True):
+        assert (a is None) == (r is None)
+        if a is not None:
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_autocast_matches_torch_autocast():
+    x = _spikes(30, 8, 64)
+    w = torch.randn(32, 64) * 0.1
+    b = torch.randn(32) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = _grads(synapse.linear, x, w, b)
+        ref = _grads(F.linear, x, w, b)
+    assert ours[0].dtype == ref[0].dtype == torch.bfloat16
+    assert torch.equal(ours[0], ref[0])
+    assert ours[2].dtype == torch.float32
+    # ours sums the weight gradient in float32; autocast's one bf16 matmul rounds to 8 bits
+    torch.testing.assert_close(ours[2], ref[2], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(ours[3], ref[3], rtol=2e-2, atol=2e-2)
+
+
+def test_no_graph_when_nothing_needs_gradients():
+    x, w = _spikes(3, 4), torch.randn(2, 4)
+    with torch.no_grad():
+        assert synapse.linear(x, w.requires_grad_()).grad_fn is None
+    assert synapse.linear(x, w.detach()).grad_fn is None
+
+
+# ------------------------------------------------------------------ LIF over its current
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_lif_overwrite_gives_the_same_spikes_and_gradients(backend):
+    p = LIFParams.make(**NEURON, backend=backend)
+    base = torch.randn(20, 4, 50)
+    results = []
+    for overwrite in (False, True):
+        leaf = base.clone().requires_grad_()
+        current = leaf * 1.0  # a temporary, as a layer's matmul output
+        s, m = lif_with(current, p, return_membrane=True, overwrite=overwrite)
+        (s * torch.linspace(0, 1, 50)).sum().backward()
+        results.append((s, m, leaf.grad))
+        if overwrite:
+            assert torch.equal(current, m)  # the membrane took the current's place
+        else:
+            assert torch.equal(current, base)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------- what is saved
+def _saved_bytes(fn) -> tuple[dict, object]:
+    kept: dict[torch.dtype, int] = {}
+
+    def pack_hook(t):
+        if t.dim() >= 2 and t.numel() > 1000:  # activations, not small parameters
+            kept[t.dtype] = kept.get(t.dtype, 0) + t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+        out = fn()
+    return kept, out
+
+
+def test_mlp_keeps_spikes_as_bytes(mnist):
+    steps, batch = 10, 32
+    images = mnist["val"].images[:batch].float().div(255).flatten(1)
+    x = encoding.bernoulli(images, steps, generator=torch.Generator().manual_seed(0))
+    labels = mnist["val"].labels[:batch]
+    net = models.mlp([784, 800, 10], seed=0, **NEURON)
+    kept, out = _saved_bytes(lambda: net(x))
+    # input and hidden spikes: one byte each; membranes (800 + 10 neurons): four bytes each
+    assert kept[torch.uint8] == steps * batch * (784 + 800)
+    weights = 800 * 784 * 4 + 10 * 800 * 4
+    assert kept[torch.float32] == steps * batch * (800 + 10) * 4 + weights
+    rate_mse(out, labels).backward()  # and the backward runs from that state
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_cnn_compact_gradients_match_plain_layers(mnist, monkeypatch):
+    """The paper's CNN on real digits: compact layers give the plain layers' gradients."""
+    images = mnist["val"].images[:6].float().div(255).unsqueeze(1)
+    x = encoding.bernoulli(images, 6, generator=torch.Generator().manual_seed(2))
+    labels = mnist["val"].labels[:6]
+
+    def grads():
+        net = models.cnn(seed=0, decay=0.2, threshold=0.3)
+        rate_mse(net(x), labels).backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    ours = grads()
+    with monkeypatch.context() as m:
+        m.setattr(synapse, "linear", F.linear)
+        m.setattr(synapse, "conv2d", F.conv2d)
+        m.setattr(synapse, "pack", lambda x: None)
+        plain = grads()
+    assert any(g.abs().sum() > 0 for g in ours)
+    for a, b in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_use_the_compact_path():
+    lin = layers.Linear(6, 3, **NEURON)
+    x = _spikes(4, 2, 6)
+    kept, _ = _saved_bytes(lambda: lin(x.expand(4, 2, 6).clone().repeat(1, 100, 1)))
+    assert torch.uint8 in kept
+    assert lif_numba.HAVE_NUMBA  # the dependency is installed where the tests run
