@@ -38,8 +38,24 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so that the peak of the training steps
+    is not hidden by an earlier one (library loading, kernel compilation)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as fh:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+        return kb / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------- networks
@@ -189,6 +205,7 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
 
     step(1)  # load libraries and compile kernels before the baseline is taken
     base = _rss_mb()
+    _reset_peak()
     for _ in range(warmup):
         step()
     times = []

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from stbp import encoding, layers, models
+from stbp.errors import StbpError
 from stbp.functional import lif_numba, synapse
 from stbp.functional.lif import LIFParams, lif_with
 from stbp.loss import rate_mse
@@ -145,8 +146,25 @@ def test_lif_overwrite_gives_the_same_spikes_and_gradients(backend):
             assert torch.equal(current, m)  # the membrane took the current's place
         else:
             assert torch.equal(current, base)
+    leaf = base.clone().requires_grad_()
+    s = lif_with(leaf * 1.0, p, overwrite=True, release=True)  # ε written over the membrane
+    (s * torch.linspace(0, 1, 50)).sum().backward()
+    assert torch.equal(leaf.grad, results[0][2])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_second_backward_through_a_released_layer_is_a_clear_error():
+    x = _spikes(5, 3, 20)
+    for backend in ("auto", "torch"):
+        net = models.mlp([20, 30, 4], seed=0, backend=backend, **NEURON)
+        loss = net(x).sum() + net[1](x).sum()
+        loss.backward(retain_graph=True)
+        if backend == "torch":  # the eager path keeps its state: a second backward works
+            loss.backward()
+            continue
+        with pytest.raises(StbpError, match="second time.*backend='torch'"):
+            loss.backward()
 
 
 # ----------------------------------------------------------------------- what is saved
@@ -206,3 +224,22 @@ def test_layers_use_the_compact_path():
     kept, _ = _saved_bytes(lambda: lin(x.expand(4, 2, 6).clone().repeat(1, 100, 1)))
     assert torch.uint8 in kept
     assert lif_numba.HAVE_NUMBA  # the dependency is installed where the tests run
+
+
+# ----------------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("kernel,stride,size", [(2, 2, 28), (2, 2, 7), (3, 3, 10), (3, 2, 9)])
+def test_avg_pool_saves_nothing_and_matches_f_avg_pool2d(kernel, stride, size):
+    from stbp.functional.pool import avg_pool2d
+
+    x = _spikes(6, 3, size, size)
+    grads = []
+    for fn in (avg_pool2d, F.avg_pool2d):
+        leaf = x.clone().requires_grad_()
+        kept, y = _saved_bytes(lambda fn=fn, leaf=leaf: fn(leaf * 1.0, kernel, stride))
+        if fn is avg_pool2d:
+            assert kept == {}  # no activation kept for the backward
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+        y.backward(g)
+        grads.append((y, leaf.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])

@@ -24,8 +24,8 @@ def _cfg(**train_over):
 def test_cli_train_then_eval(mnist_dir, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--preset", "mnist-mlp", "--set", "model.sizes=[784, 100, 10]",
-               "--set", "data.shift=0", "--epochs", "2", "--seed", "1", "--data-dir", str(mnist_dir), "--out", str(out),
-               *SMALL])
+               "--set", "data.shift=0", "--epochs", "2", "--seed", "1",
+               "--data-dir", str(mnist_dir), "--out", str(out), *SMALL])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     for key in ("best_val_acc", "test_acc", "best_epoch", "epochs", "seconds", "seed"):

@@ -7,12 +7,12 @@ then the LIF recurrence (:func:`stbp.functional.lif`) over the time axis.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stbp.errors import StbpError
 from stbp.functional import synapse
 from stbp.functional.lif import LIFParams, lif_with
+from stbp.functional.pool import avg_pool2d
 from stbp.functional.surrogate import SurrogateLike
 
 __all__ = ["LIF", "Linear", "Conv2d", "AvgPool2d", "Flatten"]
@@ -64,7 +64,9 @@ class LIF(nn.Module):
 
     def fire(self, current: Tensor, *, overwrite: bool = False) -> Tensor:
         """Spikes for ``current``; ``overwrite=True`` (for a temporary current, as the synaptic
-        layers pass) stores the membrane potentials in the current's memory."""
+        layers pass) stores the membrane potentials in the current's memory, and the backward
+        then writes its gradient over them (a graph through the layer is differentiated once,
+        the usual case; ``backend="torch"`` keeps them for a second backward)."""
         _check_steps_batch(current, 2, "LIF")
         if current.dtype in (torch.bfloat16, torch.float16):
             # mixed precision: half-precision synapses, membrane state kept in float32
@@ -74,7 +76,7 @@ class LIF(nn.Module):
             spikes, self.membrane = lif_with(current, self.params, return_membrane=True,
                                              overwrite=overwrite)
             return spikes
-        return lif_with(current, self.params, overwrite=overwrite)
+        return lif_with(current, self.params, overwrite=overwrite, release=overwrite)
 
     def extra_repr(self) -> str:
         p = self.params
@@ -146,7 +148,8 @@ class Conv2d(nn.Module):
 
 
 class AvgPool2d(nn.Module):
-    """Average pooling of spikes over ``[T, B, C, H, W]`` (the paper's P2 layers)."""
+    """Average pooling of spikes over ``[T, B, C, H, W]`` (the paper's P2 layers); keeps no
+    activations for the backward (:func:`stbp.functional.pool.avg_pool2d`)."""
 
     def __init__(self, kernel_size: int, stride: int | None = None) -> None:
         super().__init__()
@@ -156,7 +159,7 @@ class AvgPool2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_steps_batch(x, 5, "AvgPool2d")
         steps, batch = x.shape[:2]
-        y = F.avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride)
+        y = avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride)
         return y.unflatten(0, (steps, batch))
 
     def extra_repr(self) -> str:

@@ -144,9 +144,12 @@ class _LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: Tensor, p: LIFParams, smooth: bool,  # type: ignore[override]
-                overwrite: bool):
+                overwrite: bool, release: bool):
         fused = _use_numba(current, p, smooth)
         overwrite = overwrite and current.is_contiguous()
+        # the backward may write ε over the saved membrane when nobody else can read it
+        ctx.release = release and overwrite and fused
+        ctx.released = False
         if fused:
             spikes, membrane = lif_numba.forward(current, p, overwrite=overwrite)
         else:
@@ -163,9 +166,18 @@ class _LIFFunction(torch.autograd.Function):
         membrane, saved_spikes = ctx.saved_tensors
         p: LIFParams = ctx.p
         if grad_spikes is None and grad_membrane is None:
-            return None, None, None, None
+            return None, None, None, None, None
+        if ctx.released:
+            raise StbpError(
+                "backward through an stbp layer a second time: its saved membrane potentials "
+                "were released by the first backward (to save memory); to differentiate twice, "
+                "build the layers with backend='torch'"
+            )
         if ctx.fused:
-            return lif_numba.backward(membrane, grad_spikes, grad_membrane, p), None, None, None
+            ctx.released = ctx.release
+            eps = lif_numba.backward(membrane, grad_spikes, grad_membrane, p,
+                                     in_place=ctx.release)
+            return eps, None, None, None, None
         v = membrane - p.threshold
         h = p.surrogate.derivative(v)
         # direct term of ε^t: δ^t · h(u^t) (+ any gradient on the exposed membrane itself)
@@ -178,7 +190,7 @@ class _LIFFunction(torch.autograd.Function):
             carry = torch.addcmul(p.leak(spikes), membrane * p.leak_grad(spikes), h)
             for t in range(membrane.shape[0] - 2, -1, -1):
                 eps[t].addcmul_(eps[t + 1], carry[t])
-        return eps, None, None, None
+        return eps, None, None, None, None
 
 
 def lif(
@@ -227,6 +239,7 @@ def lif_with(
     return_membrane: bool = False,
     smooth: bool = False,
     overwrite: bool = False,
+    release: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`lif` with already-validated :class:`LIFParams` (what the modules call).
 
@@ -236,10 +249,13 @@ def lif_with(
 
     ``overwrite=True`` lets the membrane potentials (which the backward keeps) take the place of
     ``current`` in memory: for a caller whose current is a temporary nobody else reads, such as
-    the output of a layer's matmul; ``current`` then holds u^t afterwards.
+    the output of a layer's matmul; ``current`` then holds u^t afterwards. ``release=True``
+    (with ``overwrite``, on the fused path) also lets the backward write ∂L/∂x over those saved
+    potentials, so a second backward through the same graph raises an error.
     """
     _check_current(current)
-    spikes, membrane = _LIFFunction.apply(current, p, smooth, overwrite)
+    spikes, membrane = _LIFFunction.apply(current, p, smooth, overwrite,
+                                          release and not return_membrane)
     return (spikes, membrane) if return_membrane else spikes
 
 

@@ -212,9 +212,14 @@ def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Ten
 
 
 def backward(
-    membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None, p
+    membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None, p,
+    *, in_place: bool = False,
 ) -> Tensor:
-    """ε = ∂L/∂x for all t (E6–E7), from the saved membrane and the incoming gradients."""
+    """ε = ∂L/∂x for all t (E6–E7), from the saved membrane and the incoming gradients.
+
+    ``in_place=True`` writes ε over the (contiguous) membrane: step t reads u^t before it writes
+    ε^t in the same place.
+    """
     _threads()
     shape = membrane.shape
     mem = membrane.contiguous().reshape(shape[0], -1)
@@ -224,7 +229,7 @@ def backward(
 
     gs = flat(grad_spikes) if grad_spikes is not None else np.zeros(mem.shape, mem.numpy().dtype)
     gm = flat(grad_membrane) if grad_membrane is not None else gs
-    eps = torch.empty_like(mem)
+    eps = mem if in_place and mem.data_ptr() == membrane.data_ptr() else torch.empty_like(mem)
     cast = np.float32 if mem.dtype == torch.float32 else np.float64
     leak0, leak1, lgrad0, lgrad1 = _leak_values(p, mem.dtype)
     c0, c1 = _constants(p.surrogate.name, p.surrogate.width)

@@ -28,7 +28,7 @@ __all__ = ["linear", "conv2d", "pack", "unpack", "QUANTUM"]
 #: codes are 36 × value: exact for spikes (0/1) and for 1×1, 2×2, 3×3 and 6×6 average pools of
 #: spikes, with values up to 255 / 36 ≈ 7.08
 QUANTUM = 36
-_CHUNK = 1 << 20  # elements per float chunk in the backward (4 MiB of float32)
+_CHUNK = 1 << 18  # elements per float chunk in the backward (1 MiB of float32)
 _BLOCK = 1 << 16
 
 if HAVE_NUMBA:
