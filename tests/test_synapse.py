@@ -53,6 +53,13 @@ def test_pack_refuses_values_it_cannot_restore(bad):
     assert synapse.pack(big) is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unpack_table_rounds_like_division(dtype):
+    codes = torch.arange(256, dtype=torch.uint8).repeat(300)  # several blocks
+    assert torch.equal(synapse.unpack(codes, dtype), codes.to(dtype) / synapse.QUANTUM)
+    assert synapse.unpack(codes[:0], dtype).shape == (0,)
+
+
 def test_pack_empty_and_other_dtypes():
     assert synapse.pack(torch.zeros(0, 4)).shape == (0, 4)
     c = synapse.pack(torch.ones(3, dtype=torch.bfloat16))  # torch fallback
@@ -93,7 +100,7 @@ def test_linear_matches_f_linear(spiking, input_grad, bias, monkeypatch):
 @pytest.mark.parametrize("stride,padding", [(1, 2), (2, 0)])
 @pytest.mark.parametrize("input_grad", [True, False])
 def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad, monkeypatch):
-    monkeypatch.setattr(synapse, "_CHUNK", 500)
+    monkeypatch.setattr(synapse, "_CONV_CHUNK", 500)
     x = F.avg_pool2d(_spikes(9, 3, 12, 12), pool)
     x.requires_grad_(input_grad)
     w = torch.randn(4, 3, 5, 5)
