@@ -264,10 +264,27 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            have = set(next(line for line in fh if line.startswith("flags")).split())
+        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
+        flags = f" ({flags or 'no AVX'}{'' if 'amx_bf16' in have else ', no AMX'})"
+    except (OSError, StopIteration):
+        pass
+    import importlib.metadata as md
+
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    versions = []
+    for name in ("numba", *PEERS):
+        try:
+            versions.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}{flags}, {os.cpu_count()} CPUs, {mem:.0f} GiB; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, {', '.join(versions)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,3 +222,20 @@ def test_two_processes_follow_the_one_process_trajectory(mnist_dir, tmp_path):
     wb = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-3), (k, (wa[k] - wb[k]).abs().max())
+
+
+def test_a_silent_output_neuron_is_reported(mnist_dir, tmp_path, capsys):
+    """An output neuron that never fires on validation data is named in the log and metrics."""
+    # a huge threshold silences every neuron: all ten outputs are reported
+    cfg = _cfg(epochs=1)
+    cfg["neuron"]["threshold"] = 50.0
+    train(cfg, tmp_path / "run", data_dir=mnist_dir, limit_train=200, limit_eval=100,
+          progress=False)
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["silent_outputs"] == list(range(10))
+    assert "output neuron(s) 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 never fired" in capsys.readouterr().err
+    # a working run reports none
+    train(_cfg(epochs=1), tmp_path / "ok", data_dir=mnist_dir, limit_train=1000, limit_eval=200,
+          progress=False)
+    line = json.loads((tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["silent_outputs"] == []

@@ -70,8 +70,12 @@ def evaluate(
     batch_size: int = 1000,
     encoding_kind: str = "bernoulli",
     precision: str = "fp32",
+    output_spikes: Tensor | None = None,
 ) -> float:
-    """Accuracy (in %) of ``model`` on ``split`` with fixed (seeded) input spike trains."""
+    """Accuracy (in %) of ``model`` on ``split`` with fixed (seeded) input spike trains.
+
+    ``output_spikes``, a zero tensor ``[classes]``, receives each output neuron's spike count.
+    """
     if len(split) == 0:
         return float("nan")
     model.eval()
@@ -83,6 +87,8 @@ def evaluate(
         with autocast(precision):
             out = model(x)
         correct += int((predict(out) == split.labels[idx]).sum())
+        if output_spikes is not None:
+            output_spikes += out.float().sum((0, 1))
     return 100.0 * correct / len(split)
 
 
@@ -322,14 +328,17 @@ def train(
         if not main:  # rank 0 evaluates and writes; the others wait for the next epoch
             group.barrier()
             continue
-        val_acc = evaluate(model, val_split, steps, seed=seed, **ev)
+        val_spikes = torch.zeros(DATASETS[cfg["data"]["dataset"]]["classes"])
+        val_acc = evaluate(model, val_split, steps, seed=seed, output_spikes=val_spikes, **ev)
         test_acc = evaluate(model, test_split, steps, seed=seed + 1, **ev)
         seconds += time.perf_counter() - t0
+        silent = [int(k) for k in torch.nonzero(val_spikes == 0).flatten()]
         record = {
             "epoch": epoch, "train_loss": tot_loss / seen, "train_acc": 100 * tot_correct / seen,
             "val_acc": val_acc, "test_acc": test_acc, "lr": lr_used,
             "epoch_seconds": round(time.perf_counter() - t0, 3),
             "train_samples_per_s": round(seen / train_seconds, 1), "seconds": round(seconds, 3),
+            "silent_outputs": silent,
         }
         history.append(record)
         with open(out / "metrics.jsonl", "a") as fh:
@@ -354,6 +363,13 @@ def train(
             f"test {test_acc:.2f}%  {record['train_samples_per_s']:.0f} samples/s  "
             f"{record['epoch_seconds']:.0f}s"
         )
+        if silent and len(val_split):
+            _log(
+                f"stbp: warning: output neuron(s) {', '.join(map(str, silent))} never fired on the "
+                f"validation set, so their classes are never predicted; a neuron whose membrane "
+                f"stays outside the surrogate's window gets no gradient and may not recover "
+                f"(docs/results.md: try another seed or neuron.surrogate = \"polynomial\")"
+            )
         group.barrier()
 
     if not main:
