@@ -1,7 +1,7 @@
 """Print a Markdown table of finished runs (from their summary.json), with mean ± std.
 
 A mean ± std row is added when all runs are seeds of one recipe. Each row names the settings
-in which the run differs from its preset (mnist-mlp or mnist-cnn, by model kind).
+in which the run differs from its preset (DATASET-KIND: mnist-mlp, mnist-cnn, nmnist-mlp, ...).
 
 Usage: python scripts/results_table.py RUN_DIR [RUN_DIR ...]
 """
@@ -18,7 +18,7 @@ from stbp.config import load_config
 
 def _changes(run: Path) -> str:
     cfg = load_config(config=run / "config.toml")
-    preset = load_config("mnist-mlp" if cfg["model"]["kind"] == "mlp" else "mnist-cnn")
+    preset = load_config(f"{cfg['data']['dataset']}-{cfg['model']['kind']}")
     diffs = [
         f"{table}.{key}={cfg[table][key]}"
         for table in cfg

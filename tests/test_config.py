@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from stbp.config import load_config, parse_override, preset_names, to_toml, validate
@@ -9,7 +11,7 @@ from stbp.errors import StbpError
 
 
 def test_presets_load_and_round_trip(tmp_path):
-    assert {"mnist-mlp", "mnist-cnn"} <= set(preset_names())
+    assert {"mnist-mlp", "mnist-cnn", "nmnist-mlp", "nmnist-cnn"} <= set(preset_names())
     for name in preset_names():
         cfg = load_config(name)
         path = tmp_path / f"{name}.toml"
@@ -67,3 +69,34 @@ def test_missing_required_and_unknown_preset(tmp_path):
         load_config(config=tmp_path / "none.toml")
     with pytest.raises(StbpError, match="expected TABLE.KEY=VALUE"):
         parse_override("lr=3")
+
+
+def test_event_data_settings():
+    cfg = load_config("nmnist-mlp")
+    assert cfg["model"]["sizes"] == [2312, 800, 10]
+    assert cfg["neuron"]["decay"] == 0.2 and cfg["neuron"]["threshold"] == 0.2  # the paper's
+    assert cfg["data"]["frames"] == "binary" and cfg["data"]["validation"] == 0.1
+    assert cfg["encoding"] == {"kind": "events", "steps": 30}
+    # dataset-specific keys: defaults only where they apply
+    assert "frames" not in load_config("mnist-mlp")["data"]
+    no_window = load_config("nmnist-cnn", overrides=["data.time_window=1000"])
+    assert no_window["data"]["time_window"] == 1000 and no_window["model"]["kind"] == "cnn"
+
+
+@pytest.mark.parametrize(
+    "preset,override,message",
+    [
+        ("mnist-mlp", "data.frames='binary'", "frames do(es) not apply to dataset = 'mnist'"),
+        ("mnist-mlp", "encoding.kind='events'", "does not fit dataset = 'mnist'"),
+        ("nmnist-mlp", "encoding.kind='bernoulli'", "event recordings are their own spikes"),
+        ("nmnist-mlp", "model.sizes=[784, 800, 10]", "must start with 2312"),
+        ("nmnist-mlp", "data.validation=1.5", "validation = 1.5 is invalid; expected a count"),
+        ("nmnist-mlp", "data.validation=0.0", "validation = 0.0 is invalid"),
+        ("nmnist-mlp", "data.frames='counts'", "frames = 'counts' is invalid; expected one of"),
+        ("nmnist-mlp", "data.time_window=-5", "time_window = -5 is invalid"),
+        ("nmnist-mlp", "data.verify=1", "verify = 1 is invalid; expected true or false"),
+    ],
+)
+def test_bad_event_data_settings(preset, override, message):
+    with pytest.raises(StbpError, match=re.escape(message)):
+        load_config(preset, overrides=[override])

@@ -83,6 +83,13 @@ def _decay(v: Any) -> bool:
 _decay.__doc__ = "a number in (0, 1]"
 
 
+def _validation(v: Any) -> bool:
+    return _pos_int(v) or (_num(v) and isinstance(v, float) and 0 < v < 1)
+
+
+_validation.__doc__ = "a count of samples (an integer > 0) or a fraction in (0, 1)"
+
+
 def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
@@ -99,9 +106,14 @@ _str.__doc__ = "a non-empty string"
 #: table -> key -> (check, required)
 SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
     "data": {
-        "dataset": (_one_of("mnist"), True),
-        "validation": (_pos_int, False),
+        "dataset": (_one_of("mnist", "nmnist"), True),
+        "validation": (_validation, False),
         "shift": (_nonneg_int, False),
+        # event data (nmnist) only:
+        "frames": (_one_of("binary", "count"), False),
+        "time_window": (_nonneg_int, False),
+        "first_saccade": (_bool, False),
+        "verify": (_bool, False),
     },
     "model": {
         "kind": (_one_of("mlp", "cnn"), True),
@@ -121,7 +133,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "backend": (_one_of(*BACKENDS), False),
     },
     "encoding": {
-        "kind": (_one_of("bernoulli", "direct"), False),
+        "kind": (_one_of("bernoulli", "direct", "events"), False),
         "steps": (_pos_int, True),
     },
     "train": {
@@ -210,10 +222,19 @@ def parse_override(text: str) -> dict[str, Any]:
     return {table: {name: parsed}}
 
 
-#: What each dataset feeds the network: input shape (C, H, W), number of classes, training images.
+#: What each dataset feeds the network: input shape (C, H, W), number of classes, training samples
+#: (None: known only once the folder is read, as for the N-MNIST subset).
 DATASETS: dict[str, dict[str, Any]] = {
     "mnist": {"input": (1, 28, 28), "classes": 10, "train_images": 60000},
+    "nmnist": {"input": (2, 34, 34), "classes": 10, "train_images": None},
 }
+
+#: [data] keys that apply to each dataset, with the defaults of the dataset-specific ones.
+DATA_KEYS: dict[str, dict[str, Any]] = {
+    "mnist": {},
+    "nmnist": {"frames": "binary", "time_window": 0, "first_saccade": False, "verify": True},
+}
+_COMMON_DATA_KEYS = {"dataset", "validation", "shift"}
 
 #: [model] keys that apply to each kind of network.
 MODEL_KEYS = {
@@ -226,6 +247,20 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
     """Cross-key checks: the network's shape must fit the dataset's images and classes."""
     model, data = cfg["model"], cfg["data"]
     ds = DATASETS[data["dataset"]]
+    extra = sorted(set(data) - _COMMON_DATA_KEYS - set(DATA_KEYS[data["dataset"]]))
+    if extra:
+        raise StbpError(
+            f"config {source}: [data] {', '.join(extra)} do(es) not apply to dataset = "
+            f"{data['dataset']!r}"
+        )
+    data.update({k: v for k, v in DATA_KEYS[data["dataset"]].items() if k not in data})
+    events = data["dataset"] == "nmnist"
+    if (cfg["encoding"]["kind"] == "events") != events:
+        raise StbpError(
+            f"config {source}: [encoding] kind = {cfg['encoding']['kind']!r} does not fit dataset = "
+            f"{data['dataset']!r}: " + ("event recordings are their own spikes; use kind = 'events'"
+                                        if events else "use 'bernoulli' or 'direct' for images")
+        )
     kind = model["kind"]
     extra = sorted(set(model) - MODEL_KEYS[kind])
     if extra:
@@ -233,7 +268,9 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
             f"config {source}: [model] {', '.join(extra)} do(es) not apply to kind = {kind!r}; "
             f"it takes {', '.join(sorted(MODEL_KEYS[kind] - {'kind'}))}"
         )
-    if not data["validation"] < ds["train_images"]:
+    if isinstance(data["validation"], int) and ds["train_images"] and not (
+        data["validation"] < ds["train_images"]
+    ):
         raise StbpError(
             f"config {source}: [data] validation = {data['validation']} must be smaller than the "
             f"{ds['train_images']} {data['dataset']} training images"

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stbp import distributed, encoding
-from stbp.augment import random_shift
+from stbp import distributed
 from stbp.config import DATASETS, to_toml, validate
-from stbp.data.mnist import MNISTSplit, load_mnist, locate_mnist
+from stbp.data.splits import Split, load_splits
 from stbp.errors import StbpError
 from stbp.loss import get_loss, predict
 from stbp.models import SpikingNet, build
@@ -50,10 +49,6 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
     return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
 
 
-def _images(split: MNISTSplit, idx: Tensor) -> Tensor:
-    return split.images[idx].unsqueeze(1).to(torch.float32).div_(255.0)
-
-
 def autocast(precision: str):
     """The mixed-precision context of ``[train] precision``: "bf16" runs the synapses (matmuls,
     convs) in bfloat16 — spikes are exact in it — while the neurons keep float32 state."""
@@ -63,7 +58,7 @@ def autocast(precision: str):
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    split: MNISTSplit,
+    split: Split,
     steps: int,
     *,
     seed: int,
@@ -83,7 +78,7 @@ def evaluate(
     correct = 0
     for start in range(0, len(split), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(split)))
-        x = encoding.encode(encoding_kind, _images(split, idx), steps, generator=gen)
+        x = split.inputs(idx, steps=steps, kind=encoding_kind, generator=gen)
         with autocast(precision):
             out = model(x)
         correct += int((predict(out) == split.labels[idx]).sum())
@@ -224,7 +219,7 @@ def train(
     elif last_path.is_file() or (out / "summary.json").is_file():
         raise StbpError(f"--out {out}: already holds a run; use --resume or another directory")
     if nproc > 1 and group.world == 1:
-        locate_mnist(data_dir)  # fail here, once, rather than in every process
+        load_splits(cfg, data_dir, progress=progress)  # fail (or build a cache) here, once
         kwargs = dict(cfg=cfg, out=out, resume=resume, data_dir=data_dir,
                       limit_train=limit_train, limit_eval=limit_eval, progress=progress)
         try:
@@ -237,8 +232,7 @@ def train(
     # Everything that can fail on bad input happens before the run directory is written.
     tcfg, steps = cfg["train"], cfg["encoding"]["steps"]
     seed, shift, enc = tcfg["seed"], cfg["data"]["shift"], cfg["encoding"]["kind"]
-    folder = locate_mnist(data_dir)
-    data = load_mnist(folder, validation=cfg["data"]["validation"])
+    data, folder = load_splits(cfg, data_dir, progress=progress and group.is_main)
     train_split = data["train"].subset(limit_train)
     val_split, test_split = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
 
@@ -294,10 +288,8 @@ def train(
         )
         for i in bar:
             idx = order[i * batch : (i + 1) * batch]
-            images = _images(train_split, idx)
-            if shift:
-                images = random_shift(images, shift, generator=shift_gen)
-            x = encoding.encode(enc, images, steps, generator=spike_gen)
+            x = train_split.inputs(idx, steps=steps, kind=enc, generator=spike_gen, shift=shift,
+                                   shift_generator=shift_gen)
             y = train_split.labels[idx]
             n = len(idx)
             if group.world > 1:  # every process drew the whole batch; each runs its share
@@ -364,11 +356,13 @@ def train(
             f"{record['epoch_seconds']:.0f}s"
         )
         if silent and len(val_split):
+            hint = ("neuron.surrogate = \"polynomial\"" if cfg["neuron"]["surrogate"] == "rectangular"
+                    else "a surrogate with a wider support (neuron.surrogate, neuron.width)")
             _log(
                 f"stbp: warning: output neuron(s) {', '.join(map(str, silent))} never fired on the "
                 f"validation set, so their classes are never predicted; a neuron whose membrane "
                 f"stays outside the surrogate's window gets no gradient and may not recover "
-                f"(docs/results.md: try another seed or neuron.surrogate = \"polynomial\")"
+                f"(docs/results.md: if it persists, try another seed or {hint})"
             )
         group.barrier()
 
@@ -418,7 +412,7 @@ def eval_run(
     saved = ckpt.get("data_dir")
     if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
         data_dir = saved  # the data the run was trained on
-    data = load_mnist(data_dir, validation=cfg["data"]["validation"])
+    data, _ = load_splits(cfg, data_dir)
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
               precision=cfg["train"]["precision"])

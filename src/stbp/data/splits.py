@@ -1,0 +1,205 @@
+"""What the trainer feeds a network: train / validation / test splits that yield ``[T, B, ...]``.
+
+Two kinds of split share one interface (``len``, ``labels``, ``subset``, ``inputs``):
+
+- :class:`ImageSplit` — intensity images (MNIST), turned into T steps of input by an encoding
+  (:mod:`stbp.encoding`: Bernoulli rate coding as in the paper, or analog "direct" input);
+- :class:`FrameSplit` — event recordings (N-MNIST) already binned into T frames
+  (:func:`stbp.data.nmnist.load_frames`); the frames are the input spikes.
+
+:func:`load_splits` builds the three splits a config's ``[data]`` table describes. The validation
+split is the *last* ``validation`` training samples (MNIST: images 55,001–60,000; N-MNIST: the
+recordings with the highest sample indices), never trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from stbp import encoding
+from stbp.augment import random_shift
+from stbp.errors import StbpError
+
+__all__ = ["ImageSplit", "FrameSplit", "Split", "load_splits", "locate", "validation_count"]
+
+
+@dataclass
+class ImageSplit:
+    """Images ``uint8 [N, H, W]`` (or ``[N, C, H, W]``) with labels; encoded per batch."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> ImageSplit:
+        return self if n is None else ImageSplit(self.images[:n], self.labels[:n])
+
+    def inputs(
+        self,
+        idx: Tensor,
+        *,
+        steps: int,
+        kind: str = "bernoulli",
+        generator: torch.Generator | None = None,
+        shift: int = 0,
+        shift_generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Input ``[T, B, C, H, W]`` of samples ``idx``: scaled to [0, 1], shifted, encoded."""
+        x = self.images[idx]
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        x = x.to(torch.float32).div_(255.0)
+        if shift:
+            x = random_shift(x, shift, generator=shift_generator)
+        return encoding.encode(kind, x, steps, generator=generator)
+
+
+@dataclass
+class FrameSplit:
+    """Binned event recordings with labels; the frames are the input spikes.
+
+    ``frames`` is ``uint8 [N, T, P, H, W]``, or — when ``shape = (T, P, H, W)`` is given — binary
+    frames bit-packed per recording, ``uint8 [N, T·P·H·W / 8]`` (8× less memory; a batch is
+    unpacked when it is drawn).
+    """
+
+    frames: Tensor
+    labels: Tensor
+    shape: tuple[int, int, int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> FrameSplit:
+        return self if n is None else FrameSplit(self.frames[:n], self.labels[:n], self.shape)
+
+    def take(self, idx: Tensor) -> FrameSplit:
+        """The recordings ``idx``, in that order."""
+        return FrameSplit(self.frames[idx], self.labels[idx], self.shape)
+
+    def unpacked(self, idx: Tensor) -> Tensor:
+        """Frames ``uint8 [len(idx), T, P, H, W]`` of recordings ``idx``."""
+        rows = self.frames[idx]
+        if self.shape is None:
+            return rows
+        bits = np.unpackbits(rows.numpy(), axis=1, count=math.prod(self.shape))
+        return torch.from_numpy(bits).reshape(len(rows), *self.shape)
+
+    def inputs(
+        self,
+        idx: Tensor,
+        *,
+        steps: int,
+        kind: str = "events",
+        generator: torch.Generator | None = None,
+        shift: int = 0,
+        shift_generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Input ``[T, B, P, H, W]`` (float32) of recordings ``idx``; ``shift`` translates every
+        frame of a recording by the same random offset. ``generator`` is unused (no encoding)."""
+        del generator
+        if kind != "events":
+            raise StbpError(f"[encoding] kind = {kind!r} does not apply to event frames; use 'events'")
+        x = self.unpacked(idx)
+        if x.shape[1] != steps:
+            raise StbpError(f"the frames have {x.shape[1]} time bins, but T = {steps} was asked")
+        x = x.to(torch.float32)
+        if shift:
+            b, t, p, h, w = x.shape
+            x = random_shift(x.reshape(b, t * p, h, w), shift, generator=shift_generator)
+            x = x.reshape(b, t, p, h, w)
+        return x.transpose(0, 1)
+
+
+Split = ImageSplit | FrameSplit
+
+
+def validation_count(validation: int | float, n_train: int, source: str) -> int:
+    """The number of held-out samples: ``validation`` itself (an integer) or that fraction of
+    ``n_train`` (a float in (0, 1)); at least one sample must remain for training."""
+    count = validation if isinstance(validation, int) else int(round(validation * n_train))
+    if not 0 < count < n_train:
+        raise StbpError(
+            f"[data] validation = {validation!r} leaves {n_train - count} of the {n_train} training "
+            f"samples in {source} for training and {count} for validation; give a smaller count "
+            f"or a fraction such as 0.1"
+        )
+    return count
+
+
+def locate(cfg: dict[str, Any], data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder the configured dataset is read from (checked; nothing is loaded yet)."""
+    dataset = cfg["data"]["dataset"]
+    if dataset == "mnist":
+        from stbp.data.mnist import locate_mnist
+
+        return locate_mnist(data_dir)
+    from stbp.data.nmnist import locate_nmnist
+
+    return locate_nmnist(data_dir)
+
+
+def _by_index(root: Path, split: str) -> Tensor:
+    """Positions of ``split``'s recordings sorted by their sample index (the file name's number,
+    which is the MNIST index of the digit), so that 'the last N' is not 'the last classes'."""
+    from stbp.data.nmnist import list_recordings
+
+    names = [Path(name).stem for name, _ in list_recordings(root, split)]
+    keys = [(int(s), s) if s.isdigit() else (float("inf"), s) for s in names]
+    return torch.tensor(sorted(range(len(keys)), key=keys.__getitem__), dtype=torch.long)
+
+
+def load_splits(
+    cfg: dict[str, Any], data_dir: str | os.PathLike | None = None, *, progress: bool = False
+) -> tuple[dict[str, Split], Path]:
+    """``{"train", "val", "test"}`` splits for a validated config, and the folder they came from."""
+    data = cfg["data"]
+    folder = locate(cfg, data_dir)
+    if data["dataset"] == "mnist":
+        from stbp.data.mnist import load_mnist
+
+        raw = load_mnist(folder)
+        train, test = raw["train"], raw["test"]
+        # load_mnist's own split is only a convenience; re-split by the config's count
+        images = torch.cat([train.images, raw["val"].images])
+        labels = torch.cat([train.labels, raw["val"].labels])
+        n_val = validation_count(data["validation"], len(labels), str(folder))
+        cut = len(labels) - n_val
+        return {
+            "train": ImageSplit(images[:cut], labels[:cut]),
+            "val": ImageSplit(images[cut:], labels[cut:]),
+            "test": ImageSplit(test.images, test.labels),
+        }, folder
+
+    from stbp.data.nmnist import SENSOR_SIZE, load_frames
+
+    steps = cfg["encoding"]["steps"]
+    binary = data["frames"] == "binary"
+    w, h, p = SENSOR_SIZE
+    shape = (steps, p, h, w) if binary else None  # binary frames stay bit-packed in memory
+    opts = dict(steps=steps, binary=binary, packed=binary,
+                time_window=data["time_window"] or None, first_saccade=data["first_saccade"],
+                verify=data["verify"], progress=progress)
+    out: dict[str, Split] = {}
+    for split in ("train", "test"):
+        frames, labels = load_frames(folder, split, **opts)
+        order = _by_index(folder, split)
+        if len(order) != len(labels):
+            raise StbpError(f"{folder}: the {split} recordings changed while being read")
+        out[split] = FrameSplit(frames, labels, shape).take(order)
+    train = out.pop("train")
+    n_val = validation_count(data["validation"], len(train), f"{folder} (Train)")
+    cut = len(train) - n_val
+    out["train"] = train.take(torch.arange(cut))
+    out["val"] = train.take(torch.arange(cut, len(train)))
+    return {k: out[k] for k in ("train", "val", "test")}, folder
