@@ -50,13 +50,6 @@ if HAVE_NUMBA:
                 codes[j] = np.uint8(c)
             ok[b] = good
 
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _unpack_kernel(codes, table, out):  # pragma: no cover - compiled
-        n = codes.shape[0]
-        nblocks = (n + _BLOCK - 1) // _BLOCK
-        for b in nb.prange(nblocks):
-            for j in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-                out[j] = table[codes[j]]
 
 
 def pack(x: Tensor) -> Tensor | None:
@@ -85,23 +78,20 @@ def _pack_torch(x: Tensor) -> Tensor | None:
     return c.to(torch.uint8)
 
 
-_TABLES: dict[torch.dtype, np.ndarray] = {}
-
-
 def unpack(codes: Tensor, dtype: torch.dtype) -> Tensor:
-    """The values that :func:`pack` encoded, as ``dtype`` (each one rounded as c / 36)."""
-    if not HAVE_NUMBA or dtype not in (torch.float32, torch.float64) or not codes.numel():
-        return codes.to(dtype).div_(QUANTUM)
-    table = _TABLES.get(dtype)
-    if table is None:  # c / 36 for every code, rounded once in ``dtype``, looked up in one pass
-        table = _TABLES[dtype] = (torch.arange(256, dtype=dtype) / QUANTUM).numpy()
-    out = torch.empty(codes.shape, dtype=dtype)
-    _unpack_kernel(codes.contiguous().reshape(-1).numpy(), table, out.reshape(-1).numpy())
-    return out
+    """The values that :func:`pack` encoded, as ``dtype`` (each one rounded as c / 36).
+
+    Two vectorised passes (convert, divide) beat a numba table lookup by ~5× here: the gather
+    does not vectorise.
+    """
+    return codes.to(dtype).div_(QUANTUM)
+
+
+_MIN_ROWS = 1024  # a weight-gradient matmul over fewer rows than this runs far below peak
 
 
 def _rows(n_per_row: int) -> int:
-    return max(1, _CHUNK // max(1, n_per_row))
+    return max(_MIN_ROWS, _CHUNK // max(1, n_per_row))
 
 
 def _save(ctx, x: Tensor, weight: Tensor) -> None:
@@ -137,12 +127,16 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (g @ weight.to(dtype)).reshape(ctx.in_shape).to(ctx.in_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32 if dtype != torch.float64
-                                 else dtype)
+            acc = torch.float32 if dtype != torch.float64 else dtype
+            grad_w = torch.zeros(weight.shape, dtype=acc)
             step = _rows(saved.shape[1])
             for lo in range(0, saved.shape[0], step):
                 hi = min(lo + step, saved.shape[0])
-                grad_w.add_(g[lo:hi].t() @ _input_chunk(ctx, saved, lo, hi, dtype))
+                x = _input_chunk(ctx, saved, lo, hi, dtype)
+                if dtype == acc:  # accumulate inside the matmul, no temporary [out, in] product
+                    grad_w.addmm_(g[lo:hi].t(), x)
+                else:
+                    grad_w.add_(g[lo:hi].t() @ x)
             grad_w = grad_w.to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0, dtype=torch.float32 if dtype != torch.float64 else dtype)
