@@ -439,6 +439,12 @@ def test_cache_progress_and_arguments(tmp_path):
         load_frames(tmp_path, "test", steps=0)
     with pytest.raises(StbpError, match="time_window must be"):
         load_frames(tmp_path, "test", steps=3, time_window=-1)
+    packed, _ = load_frames(tmp_path, "test", steps=3, packed=True)  # as kept in the cache
+    assert packed.shape == (3, 3 * 2312 // 8) and packed.dtype == torch.uint8
+    bits = np.unpackbits(packed.numpy(), axis=1).reshape(frames.shape)
+    assert np.array_equal(bits, frames.numpy())
+    with pytest.raises(StbpError, match="packed=True needs binary frames"):
+        load_frames(tmp_path, "test", steps=3, binary=False, packed=True)
 
 
 def test_dataset_pickles_for_workers(tmp_path):
