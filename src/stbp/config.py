@@ -253,7 +253,6 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
             f"config {source}: [data] {', '.join(extra)} do(es) not apply to dataset = "
             f"{data['dataset']!r}"
         )
-    data.update({k: v for k, v in DATA_KEYS[data["dataset"]].items() if k not in data})
     events = data["dataset"] == "nmnist"
     if (cfg["encoding"]["kind"] == "events") != events:
         raise StbpError(
@@ -337,6 +336,7 @@ def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
             if required and key not in values:
                 raise StbpError(f"config {source}: [{table}] is missing the required key {key!r}")
         out[table] = {**DEFAULTS.get(table, {}), **values}
+    out["data"] = {**DATA_KEYS[out["data"]["dataset"]], **out["data"]}  # dataset-specific defaults
     _check_model(out, source)
     return out
 

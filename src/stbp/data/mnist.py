@@ -240,7 +240,7 @@ class MNISTSplit:
         return len(self.labels)
 
     def subset(self, n: int | None) -> MNISTSplit:
-        return self if n is None else MNISTSplit(self.images[:n], self.labels[:n])
+        return self if n is None else type(self)(self.images[:n], self.labels[:n])
 
 
 def load_mnist(

@@ -26,23 +26,15 @@ from torch import Tensor
 
 from stbp import encoding
 from stbp.augment import random_shift
+from stbp.data.mnist import MNISTSplit
 from stbp.errors import StbpError
 
 __all__ = ["ImageSplit", "FrameSplit", "Split", "load_splits", "locate", "validation_count"]
 
 
 @dataclass
-class ImageSplit:
+class ImageSplit(MNISTSplit):
     """Images ``uint8 [N, H, W]`` (or ``[N, C, H, W]``) with labels; encoded per batch."""
-
-    images: Tensor
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, n: int | None) -> ImageSplit:
-        return self if n is None else ImageSplit(self.images[:n], self.labels[:n])
 
     def inputs(
         self,
@@ -166,20 +158,12 @@ def load_splits(
     data = cfg["data"]
     folder = locate(cfg, data_dir)
     if data["dataset"] == "mnist":
+        from stbp.config import DATASETS
         from stbp.data.mnist import load_mnist
 
-        raw = load_mnist(folder)
-        train, test = raw["train"], raw["test"]
-        # load_mnist's own split is only a convenience; re-split by the config's count
-        images = torch.cat([train.images, raw["val"].images])
-        labels = torch.cat([train.labels, raw["val"].labels])
-        n_val = validation_count(data["validation"], len(labels), str(folder))
-        cut = len(labels) - n_val
-        return {
-            "train": ImageSplit(images[:cut], labels[:cut]),
-            "val": ImageSplit(images[cut:], labels[cut:]),
-            "test": ImageSplit(test.images, test.labels),
-        }, folder
+        n_val = validation_count(data["validation"], DATASETS["mnist"]["train_images"], str(folder))
+        raw = load_mnist(folder, validation=n_val)
+        return {k: ImageSplit(v.images, v.labels) for k, v in raw.items()}, folder
 
     from stbp.data.nmnist import SENSOR_SIZE, load_frames
 
