@@ -40,3 +40,27 @@ def mnist(mnist_dir):
 def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's cache or the network from a test."""
     monkeypatch.setenv("STBP_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Two short real-MNIST runs, an MLP 784-100-10 and a small CNN, for the tools that read
+    run directories (eval, plot, export, reproduce's report)."""
+    folder = _mnist_dir()
+    if folder is None:
+        pytest.skip(
+            "real MNIST is absent: set STBP_DATA to a folder holding mnist/ with the four IDX files"
+        )
+    from stbp.config import load_config
+    from stbp.train import train
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    mlp = load_config("mnist-mlp", overrides=["model.sizes=[784, 100, 10]", "data.shift=0",
+                                              "train.epochs=2"])
+    # small enough to train in seconds; V_th 0.25 and h2 so that its output layer fires
+    cnn = load_config("mnist-cnn", overrides=["model.channels=[6, 12]", "model.hidden=[64]",
+                                              "train.epochs=1", "encoding.steps=8",
+                                              "neuron.threshold=0.25", "neuron.surrogate=polynomial"])
+    train(mlp, root / "mlp", data_dir=folder, limit_train=800, limit_eval=300, progress=False)
+    train(cnn, root / "cnn", data_dir=folder, limit_train=300, limit_eval=200, progress=False)
+    return {"mlp": root / "mlp", "cnn": root / "cnn", "data": folder}

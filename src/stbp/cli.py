@@ -1,4 +1,4 @@
-"""The ``stbp`` command: train, eval, presets."""
+"""The ``stbp`` command: train, eval, plot, export, reproduce, presets."""
 
 from __future__ import annotations
 
@@ -50,6 +50,46 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--data-dir", help="folder holding the dataset files")
     e.add_argument("--limit-eval", type=int, help="use only the first N val/test images")
+
+    pl = sub.add_parser("plot", help="figures of a trained run: accuracy curves, surrogate, "
+                        "firing rate per layer, spike raster and membrane trace")
+    pl.add_argument("--run", required=True, help="the run directory written by `stbp train`")
+    pl.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots)")
+    pl.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    pl.add_argument("--data-dir", help="folder holding the dataset files")
+    pl.add_argument("--sample", type=int, default=0,
+                    help="the test sample shown in the raster (default: 0)")
+    pl.add_argument("--limit-eval", type=int, default=1000,
+                    help="firing rates over the first N test samples (default: 1000)")
+
+    ex = sub.add_parser("export", help="write a trained run's network as a NIR graph (for other "
+                        "simulators and neuromorphic chips)")
+    ex.add_argument("--run", required=True, help="the run directory written by `stbp train`")
+    ex.add_argument("--out", required=True, help="the NIR file to write (HDF5), e.g. net.nir")
+    ex.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    ex.add_argument("--dt", type=float, default=None,
+                    help="seconds per time step in the NIR time constants (default 1e-4, as "
+                    "snnTorch assumes)")
+    ex.add_argument("--approximate", action="store_true",
+                    help="write the paper's reset E4 as a reset to zero (NIR has no E4)")
+
+    rp = sub.add_parser(
+        "reproduce", help="the paper's analyses on the MNIST MLP (SD vs SD+TD, h1-h4, width, "
+        "reset, T), >= 3 seeds each, as a Markdown report with figures")
+    rp.add_argument("--quick", action="store_true",
+                    help="2 epochs on 4,000 training images, 1,000 val/test images: minutes, "
+                    "not hours (default: 5 epochs on the full splits)")
+    rp.add_argument("--out", help="folder for the runs, report.md and figures/ "
+                    "(default: reproduce, or reproduce-quick with --quick)")
+    rp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: 0 1 2)")
+    rp.add_argument("--jobs", type=int, default=1,
+                    help="runs trained side by side, the CPU cores split between them (default 1)")
+    rp.add_argument("--epochs", type=int, help="epochs per run (overrides the budget)")
+    rp.add_argument("--limit-train", type=int, help="train on the first N training images")
+    rp.add_argument("--limit-eval", type=int, help="use the first N validation and test images")
+    rp.add_argument("--data-dir", help="folder holding MNIST's IDX files")
+    rp.add_argument("--report-only", action="store_true",
+                    help="only (re)write the report from the runs finished in --out")
 
     pr = sub.add_parser("presets", help="list the presets, or print one to copy and edit")
     pr.add_argument("name", nargs="?", help="print this preset's TOML")
@@ -120,6 +160,48 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from stbp.plots import plot_run
+
+    result = plot_run(args.run, args.out, data_dir=args.data_dir, checkpoint=args.checkpoint,
+                      sample=args.sample, limit_eval=args.limit_eval)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from stbp.config import DATASETS
+    from stbp.export import DEFAULT_DT, to_nir, write_nir
+    from stbp.train import _model_from_checkpoint, load_checkpoint
+
+    path = Path(args.run) / f"{args.checkpoint}.pt"
+    if not Path(args.run).is_dir():
+        raise StbpError(f"--run {args.run}: no such directory")
+    model, cfg = _model_from_checkpoint(load_checkpoint(path), path)
+    shape = (tuple(DATASETS[cfg["data"]["dataset"]]["input"]) if cfg["model"]["kind"] == "cnn"
+             else (cfg["model"]["sizes"][0],))
+    dt = DEFAULT_DT if args.dt is None else args.dt
+    graph = to_nir(model, shape, dt=dt, approximate=args.approximate)
+    out = write_nir(graph, args.out)
+    print(json.dumps({"nir": str(out), "input_shape": list(shape), "dt": dt,
+                      "nodes": {k: type(v).__name__ for k, v in graph.nodes.items()}}, indent=2))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from stbp.reproduce import main_args, reproduce, write_report
+
+    out = args.out or ("reproduce-quick" if args.quick else "reproduce")
+    if args.report_only:
+        print(write_report(out, data_dir=args.data_dir))
+        return 0
+    budget = main_args(args.quick, args.epochs, args.limit_train, args.limit_eval)
+    report = reproduce(out, budget=budget, seeds=args.seeds, jobs=args.jobs,
+                       data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(report)
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from stbp.config import preset_description, preset_names, preset_path
 
@@ -135,7 +217,9 @@ def _presets(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "presets": _presets}
+    handlers = {"train": _train, "eval": _eval, "plot": _plot, "export": _export,
+                "reproduce": _reproduce,
+                "presets": _presets}
     if args.command is None:
         parser.print_help()
         return 2

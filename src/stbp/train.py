@@ -25,6 +25,7 @@ from stbp.data.splits import Split, load_splits
 from stbp.errors import StbpError
 from stbp.loss import get_loss, predict
 from stbp.models import SpikingNet, build
+from stbp.stats import FiringMonitor
 
 __all__ = ["build_model", "train", "evaluate", "eval_run", "load_checkpoint"]
 
@@ -398,7 +399,11 @@ def eval_run(
     checkpoint: str = "best",
     limit_eval: int | None = None,
 ) -> dict[str, Any]:
-    """Re-evaluate a run's best (or last) model on the validation and test splits."""
+    """Re-evaluate a run's best (or last) model on the validation and test splits.
+
+    The result also holds the firing statistics on the test split (:mod:`stbp.stats`): each
+    layer's mean rate and synaptic operations per sample, next to a same-shape ANN's MACs.
+    """
     run_dir = Path(run_dir)
     if limit_eval is not None and limit_eval < 1:
         raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
@@ -416,9 +421,13 @@ def eval_run(
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
               precision=cfg["train"]["precision"])
+    val_acc = evaluate(model, data["val"].subset(limit_eval), steps, seed=seed, **ev)
+    with FiringMonitor(model) as monitor:
+        test_acc = evaluate(model, data["test"].subset(limit_eval), steps, seed=seed + 1, **ev)
     return {
         "checkpoint": str(path),
         "epoch": ckpt["epoch"],
-        "val_acc": evaluate(model, data["val"].subset(limit_eval), steps, seed=seed, **ev),
-        "test_acc": evaluate(model, data["test"].subset(limit_eval), steps, seed=seed + 1, **ev),
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "firing": monitor.summary(),  # on the test split: rate per layer, SynOps per sample
     }
