@@ -13,6 +13,8 @@ not installed is reported as such and skipped.
     python benchmarks/peers.py                     # MLP, T = 30, batch 100, all CPU threads
     python benchmarks/peers.py --steps-t 30 100    # the MLP at several T (cost linear in T?)
     python benchmarks/peers.py --cnn               # also the CNN
+    python benchmarks/peers.py --device cuda       # on a GPU: stbp's torch.compile path ("stbp"),
+                                                   # its eager path and the peers, GPU memory
 """
 
 from __future__ import annotations
@@ -171,10 +173,11 @@ def _floor(kind: str):
 
 # ----------------------------------------------------------------------------- one case
 def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: int,
-           threads: int) -> dict:
+           threads: int, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    cuda = device != "cpu"
     torch.manual_seed(0)
     if case == "floor":
         net, run = _floor(kind)
@@ -187,15 +190,17 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     else:
         net, run = _norse(kind)
     bf16 = case == "stbp-bf16"
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(batch, 1, 28, 28, generator=gen) * 0.26  # MNIST's mean intensity
-    labels = torch.randint(0, 10, (batch,), generator=gen)
+    gen = torch.Generator(device).manual_seed(0)
+    images = torch.rand(batch, 1, 28, 28, generator=gen, device=device) * 0.26  # MNIST's mean
+    labels = torch.randint(0, 10, (batch,), generator=gen, device=device)
     onehot = torch.nn.functional.one_hot(labels, 10).float()
 
     def step(n: int = batch):
-        x = (torch.rand((steps_t, n, *images.shape[1:]), generator=gen) < images[:n]).float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x = (torch.rand((steps_t, n, *images.shape[1:]), generator=gen, device=device)
+             < images[:n]).float()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             out = run(x)
         rate = out.float().mean(0)
         loss = 0.5 * ((onehot[:n] - rate) ** 2).sum(1).mean()  # E5
@@ -204,19 +209,28 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
         opt.step()
 
     step(1)  # load libraries and compile kernels before the baseline is taken
-    base = _rss_mb()
-    _reset_peak()
+    step()  # (a full batch too: torch.compile specialises on the shape)
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _rss_mb()
+        _reset_peak()
     for _ in range(warmup):
         step()
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     ms = 1000 * statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_mb()
     return {"case": case, "kind": kind, "T": steps_t, "batch": batch, "ms": ms,
-            "samples_s": batch / ms * 1000, "peak_mb": max(0.0, _peak_mb() - base),
-            "threads": threads}
+            "samples_s": batch / ms * 1000, "peak_mb": max(0.0, peak - base),
+            "threads": threads, "device": device}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -231,7 +245,7 @@ def _available(case: str) -> bool:
 def _run_case(case, kind, steps_t, args) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", case, "--kind", kind, "--steps-t", str(steps_t),
            "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--device", args.device]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"  {case}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -297,13 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnn", action="store_true", help="also benchmark the paper's CNN")
     ap.add_argument("--cases", help="comma-separated subset of " + ",".join(MLP_CASES))
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda: stbp's default path there is torch.compile (Triton)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="mlp", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.kind, args.steps_t[0], args.batch, args.iters,
-                                args.warmup, args.threads)))
+                                args.warmup, args.threads, args.device)))
         return 0
+    if args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: torch finds no CUDA GPU")
+        print(f"device: {torch.cuda.get_device_name()}; peak MB = GPU memory a step allocates")
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
           f"median of {args.iters} steps after {args.warmup} warm-up")
     wanted = set(args.cases.split(",")) if args.cases else None

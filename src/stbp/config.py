@@ -151,6 +151,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "ce_scale": (_pos_num, False),
         "seed": (_nonneg_int, False),
         "precision": (_one_of("fp32", "bf16"), False),
+        "device": (_one_of("auto", "cpu", "cuda"), False),
     },
 }
 
@@ -163,7 +164,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
         "schedule": "cosine", "step_epochs": 30, "step_gamma": 0.1, "loss": "mse", "ce_scale": 10.0,
-        "seed": 0, "precision": "fp32",
+        "seed": 0, "precision": "fp32", "device": "auto",
     },
 }
 

@@ -97,7 +97,7 @@ class _Counter:
             # Σ over outputs of the events in each receptive field = Σ over events of the
             # outputs each one reaches (exact at borders and for any stride), times C_out.
             per_pixel = nonzero.flatten(0, 1).sum(1, keepdim=True, dtype=torch.float32)
-            ones = torch.ones(1, 1, *conv.kernel_size)
+            ones = torch.ones(1, 1, *conv.kernel_size, device=per_pixel.device)
             reach = F.conv2d(per_pixel, ones, stride=conv.stride, padding=conv.padding)
             self.synops += float(reach.sum()) * conv.out_channels
             h_out, w_out = output.shape[-2:]

@@ -50,10 +50,21 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
     return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
 
 
-def autocast(precision: str):
+def autocast(precision: str, device: torch.device | str = "cpu"):
     """The mixed-precision context of ``[train] precision``: "bf16" runs the synapses (matmuls,
     convs) in bfloat16 — spikes are exact in it — while the neurons keep float32 state."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``[train] device``: "cpu", "cuda", or "auto" (a CUDA GPU when torch finds one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StbpError("[train] device = 'cuda', but torch finds no CUDA GPU "
+                        "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+    return torch.device(name)
 
 
 @torch.no_grad()
@@ -75,16 +86,17 @@ def evaluate(
     if len(split) == 0:
         return float("nan")
     model.eval()
+    device = next(model.parameters()).device
     gen = _gen(_EVAL_SEED, seed)
     correct = 0
     for start in range(0, len(split), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(split)))
-        x = split.inputs(idx, steps=steps, kind=encoding_kind, generator=gen)
-        with autocast(precision):
+        x = split.inputs(idx, steps=steps, kind=encoding_kind, generator=gen).to(device)
+        with autocast(precision, device):
             out = model(x)
-        correct += int((predict(out) == split.labels[idx]).sum())
+        correct += int((predict(out).cpu() == split.labels[idx]).sum())
         if output_spikes is not None:
-            output_spikes += out.float().sum((0, 1))
+            output_spikes += out.float().sum((0, 1)).cpu()
     return 100.0 * correct / len(split)
 
 
@@ -194,6 +206,10 @@ def train(
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise StbpError(f"--nproc must be an integer >= 1, got {nproc!r}")
+    device = resolve_device(cfg["train"]["device"])
+    if nproc > 1 and device.type != "cpu":
+        raise StbpError(f"--nproc {nproc}: data-parallel training runs on CPU processes; with "
+                        "[train] device = 'cuda' train in one process (or set device = 'cpu')")
     if nproc > 1 and cfg["train"]["batch_size"] < nproc:
         raise StbpError(f"--nproc {nproc}: [train] batch_size = {cfg['train']['batch_size']} "
                         "must be at least the number of processes")
@@ -238,7 +254,7 @@ def train(
     val_split, test_split = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
 
     torch.manual_seed(seed)
-    model = build_model(cfg)  # the same weights in every process (seeded)
+    model = build_model(cfg).to(device)  # the same weights in every process (seeded)
     net: nn.Module = model
     if group.world > 1:
         net = nn.parallel.DistributedDataParallel(model)
@@ -259,6 +275,7 @@ def train(
         f"{len(val_split)} val / {len(test_split)} test, from {data_source}), T = {steps}, "
         f"{tcfg['epochs']} epochs -> {out}"
         + (f", {group.world} processes" if group.world > 1 else "")
+        + (f", on {device}" if device.type != "cpu" else "")
     )
 
     history: list[dict[str, Any]] = []
@@ -296,7 +313,8 @@ def train(
             if group.world > 1:  # every process drew the whole batch; each runs its share
                 part = group.shard(n)
                 x, y = x[:, part], y[part]
-            with autocast(tcfg["precision"]):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(tcfg["precision"], device):
                 out_spikes = net(x)
                 loss = loss_fn(out_spikes, y)
             opt.zero_grad(set_to_none=True)
@@ -387,6 +405,7 @@ def train(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "processes": group.world,
+        "device": str(device),
     }
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

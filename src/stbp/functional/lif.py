@@ -23,22 +23,26 @@ reference that the fused function is tested against.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
-from stbp.functional import lif_numba
+from stbp.functional import lif_compiled, lif_numba
 from stbp.functional.surrogate import Surrogate, SurrogateLike, get_surrogate
 
 __all__ = ["lif", "lif_reference", "LIFParams", "RESETS", "BACKENDS"]
 
 RESETS = ("zero", "paper")
-#: "auto": the fused numba kernels where they apply (CPU, float32/64, a built-in surrogate),
-#: else the eager PyTorch path; "numba" insists on the kernels; "torch" is the eager reference.
-BACKENDS = ("auto", "numba", "torch")
+#: "auto": the fused numba CPU kernels where they apply (CPU, float32/64, a built-in surrogate),
+#: the torch.compile path on a CUDA GPU, else the eager PyTorch path; "numba" insists on the
+#: kernels; "torch" is the eager reference; "compile" runs the recurrence through torch.compile
+#: (fused Triton kernels on CUDA, C++ on a CPU), falling back to the eager path where it cannot.
+BACKENDS = ("auto", "numba", "torch", "compile")
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,24 @@ def _forward(x: Tensor, p: LIFParams, smooth: bool, overwrite: bool) -> tuple[Te
     return spikes, membrane
 
 
+def _use_compiled(current: Tensor, p: LIFParams, smooth: bool) -> bool:
+    """backend "compile", or "auto" on a GPU: the torch.compile path where it works."""
+    on_gpu = current.device.type == "cuda"
+    if smooth or not (p.backend == "compile" or (p.backend == "auto" and on_gpu)):
+        return False
+    why = lif_compiled.available(current, p.surrogate)
+    if why is not None and p.backend == "compile":
+        _warn_once(f"stbp: backend 'compile' falls back to the eager path: {why}")
+    return why is None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 def _use_numba(current: Tensor, p: LIFParams, smooth: bool) -> bool:
-    if p.backend == "torch":
+    if p.backend in ("torch", "compile"):
         return False
     why = "smooth spikes are an eager-path analysis tool" if smooth else lif_numba.supported(
         current, p.surrogate)
@@ -145,18 +165,22 @@ class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current: Tensor, p: LIFParams, smooth: bool,  # type: ignore[override]
                 overwrite: bool, release: bool):
-        fused = _use_numba(current, p, smooth)
-        overwrite = overwrite and current.is_contiguous()
+        compiled = _use_compiled(current, p, smooth)
+        fused = not compiled and _use_numba(current, p, smooth)
+        overwrite = overwrite and current.is_contiguous() and not compiled
         # the backward may write ε over the saved membrane when nobody else can read it
         ctx.release = release and overwrite and fused
         ctx.released = False
         if fused:
             spikes, membrane = lif_numba.forward(current, p, overwrite=overwrite)
+        elif compiled:
+            spikes, membrane = lif_compiled.forward(current, p)
         else:
             spikes, membrane = _forward(current, p, smooth, overwrite)
         ctx.p = p
         ctx.smooth = smooth
         ctx.fused = fused
+        ctx.compiled = compiled
         ctx.save_for_backward(membrane, spikes if smooth else None)
         ctx.set_materialize_grads(False)
         return spikes, membrane
@@ -177,6 +201,9 @@ class _LIFFunction(torch.autograd.Function):
             ctx.released = ctx.release
             eps = lif_numba.backward(membrane, grad_spikes, grad_membrane, p,
                                      in_place=ctx.release)
+            return eps, None, None, None, None
+        if ctx.compiled:
+            eps = lif_compiled.backward(membrane, grad_spikes, grad_membrane, p)
             return eps, None, None, None, None
         v = membrane - p.threshold
         h = p.surrogate.derivative(v)
@@ -218,8 +245,10 @@ def lif(
         temporal: False drops the temporal-domain error path (the paper's "SD only" ablation).
         return_membrane: also return the membrane potentials u^t (before reset).
         backend: "auto" (the fused numba CPU kernels where they apply, else eager PyTorch),
-            "numba" (insist on the kernels) or "torch" (the eager path). All give the same
-            spikes; gradients agree to float rounding.
+            "numba" (insist on the kernels), "torch" (the eager path) or "compile"
+            (torch.compile: fused Triton kernels on a GPU, else eager where it cannot
+            compile). The spikes agree (on "compile", except where u^t lies within float
+            rounding of V_th); gradients agree to float rounding.
 
     Returns:
         Spikes o^t (0/1) with the shape and dtype of ``current``; with ``return_membrane``, the

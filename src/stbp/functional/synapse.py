@@ -128,7 +128,7 @@ class _Linear(torch.autograd.Function):
             grad_x = (g @ weight.to(dtype)).reshape(ctx.in_shape).to(ctx.in_dtype)
         if ctx.needs_input_grad[1]:
             acc = torch.float32 if dtype != torch.float64 else dtype
-            grad_w = torch.zeros(weight.shape, dtype=acc)
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
             step = _rows(saved.shape[1])
             for lo in range(0, saved.shape[0], step):
                 hi = min(lo + step, saved.shape[0])
@@ -163,14 +163,14 @@ class _Conv2d(torch.autograd.Function):
         w = weight.to(dtype)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = torch.float32 if dtype != torch.float64 else dtype
-        grad_x = torch.empty(ctx.in_shape, dtype=dtype) if need_x else None
-        grad_w = torch.zeros(weight.shape, dtype=acc) if need_w else None
+        grad_x = torch.empty(ctx.in_shape, dtype=dtype, device=g.device) if need_x else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=g.device) if need_w else None
         n = ctx.in_shape[0]
         step = max(1, _CONV_CHUNK // int(torch.Size(ctx.in_shape[1:]).numel())) if need_w else n
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             x = (_input_chunk(ctx, saved, lo, hi, dtype) if need_w
-                 else torch.empty((hi - lo, *ctx.in_shape[1:]), dtype=dtype))
+                 else torch.empty((hi - lo, *ctx.in_shape[1:]), dtype=dtype, device=g.device))
             gx, gw, _ = torch.ops.aten.convolution_backward(
                 g[lo:hi], x, w, None, [ctx.stride] * 2, [ctx.padding] * 2, [1, 1], False,
                 [0, 0], 1, [need_x, need_w, False],

@@ -1,0 +1,104 @@
+"""The LIF recurrence (E2–E4) and its STBP backward (E6–E7) through ``torch.compile``.
+
+This is the GPU path: on CUDA, TorchInductor turns the unrolled T-step recurrence into fused
+Triton kernels (one pass over the neurons instead of several small kernels per step); on a CPU
+it generates C++ (a compiler must be present at run time — nothing is compiled at install
+time). The code below is the same arithmetic as the eager reference in
+:mod:`stbp.functional.lif` — ``u·f(o) + x`` rounded once, ``u >= V_th`` in the tensor's
+dtype — so the spikes are the same and the gradients agree to float rounding (tested on the CPU
+here and on CUDA whenever a GPU is present).
+
+Compilation happens on first use for each (T, dtype, device, neuron settings); compiled
+functions are cached by torch. Where compilation is impossible (no compiler, no Triton, an
+unsupported surrogate callable), :func:`available` says why and ``backend="auto"`` keeps the
+eager path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "forward", "backward"]
+
+
+def _forward_impl(x: Tensor, decay: float, threshold: float, zero_reset: bool):
+    spikes, membrane = [], []
+    u = x[0]
+    o = None
+    for t in range(x.shape[0]):
+        if t:
+            f = decay * (1 - o) if zero_reset else decay * torch.exp(-o / decay)
+            u = torch.addcmul(x[t], u, f)
+        o = (u >= threshold).to(x.dtype)
+        spikes.append(o)
+        membrane.append(u)
+    return torch.stack(spikes), torch.stack(membrane)
+
+
+def _backward_impl(membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None,
+                   surrogate: Any, decay: float, threshold: float, zero_reset: bool,
+                   temporal: bool) -> Tensor:
+    v = membrane - threshold
+    h = surrogate.derivative(v)
+    eps = grad_spikes * h if grad_spikes is not None else torch.zeros_like(membrane)
+    if grad_membrane is not None:
+        eps = eps + grad_membrane
+    steps = membrane.shape[0]
+    if not temporal or steps == 1:
+        return eps
+    o = (v >= 0).to(membrane.dtype)
+    if zero_reset:
+        f, f_grad = decay * (1 - o), torch.full_like(o, -decay)
+    else:
+        f, f_grad = decay * torch.exp(-o / decay), -torch.exp(-o / decay)
+    carry = torch.addcmul(f, membrane * f_grad, h)  # ε^t += ε^{t+1} · (f + u·f'·h)
+    out = [eps[steps - 1]]
+    for t in range(steps - 2, -1, -1):
+        out.append(torch.addcmul(eps[t], out[-1], carry[t]))
+    return torch.stack(out[::-1])
+
+
+@functools.cache
+def _compiled(name: str):
+    fn = {"forward": _forward_impl, "backward": _backward_impl}[name]
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+@functools.cache
+def _probe(device_type: str) -> str | None:
+    """Compile and run a tiny case once per device type; ``None`` if that works."""
+    try:
+        x = torch.randn(3, 4, device=device_type)
+        s, m = _compiled("forward")(x, 0.5, 0.1, True)
+        if not torch.equal(s, (m >= 0.1).to(x.dtype)):
+            return "the compiled forward gave wrong spikes"
+    except Exception as err:  # noqa: BLE001 - any compiler/toolchain failure means "not here"
+        return f"torch.compile failed on {device_type} ({err.__class__.__name__}: {str(err)[:160]})"
+    return None
+
+
+def available(current: Tensor, surrogate: Any) -> str | None:
+    """``None`` when the compiled path can run this case, else the reason it cannot."""
+    from stbp.functional.surrogate import SURROGATES
+
+    if current.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"dtype {current.dtype}"
+    if SURROGATES.get(getattr(surrogate, "name", None)) is not type(surrogate):
+        return f"surrogate {surrogate!r} is not one of the built-in curves"
+    return _probe(current.device.type)
+
+
+def forward(current: Tensor, p) -> tuple[Tensor, Tensor]:
+    """Spikes and membrane potentials of all T steps (E2–E4')."""
+    return _compiled("forward")(current.detach(), p.decay, p.threshold, p.reset == "zero")
+
+
+def backward(membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None,
+             p) -> Tensor:
+    """ε = ∂L/∂x for all T steps (E6–E7)."""
+    return _compiled("backward")(membrane, grad_spikes, grad_membrane, p.surrogate, p.decay,
+                                 p.threshold, p.reset == "zero", p.temporal)
