@@ -136,47 +136,60 @@ if HAVE_NUMBA:
                 _forward_row(x[t, lo:hi], u, spikes[t - 1, lo:hi], spikes[t, lo:hi],
                              mem[t, lo:hi], thr, leak0, leak1)
 
-    def _make_backward(h, with_grad_mem: bool):
-        """The backward kernel for one curve h (compiled separately, so the loop vectorizes)."""
+    @nb.njit(inline="always", fastmath=True)
+    def _backward_row(h, mem, gs, gm, out, nxt, thr, c0, c1, leak0, leak1, lg0, lg1, last,
+                      with_grad_mem):  # pragma: no cover - compiled
+        zero = thr - thr
+        for j in range(mem.shape[0]):
+            u = mem[j]
+            v = u - thr
+            hv = h(v, c0, c1, zero)
+            e = gs[j] * hv
+            if with_grad_mem:
+                e += gm[j]
+            if not last:  # the temporal path: ε^{t+1} · (f(o^t) + u^t · f'(o^t) · h(u^t))
+                fired = v >= zero
+                f = leak1 if fired else leak0
+                fp = lg1 if fired else lg0
+                e += nxt[j] * (f + u * fp * hv)
+            out[j] = e
+            nxt[j] = e
 
-        @nb.njit(inline="always", fastmath=True)
-        def row(mem, gs, gm, out, nxt, thr, c0, c1, leak0, leak1, lg0, lg1, last):
-            zero = thr - thr
-            for j in range(mem.shape[0]):
-                u = mem[j]
-                v = u - thr
-                hv = h(v, c0, c1, zero)
-                e = gs[j] * hv
-                if with_grad_mem:
-                    e += gm[j]
-                if not last:  # the temporal path: ε^{t+1} · (f(o^t) + u^t · f'(o^t) · h(u^t))
-                    fired = v >= zero
-                    f = leak1 if fired else leak0
-                    fp = lg1 if fired else lg0
-                    e += nxt[j] * (f + u * fp * hv)
-                out[j] = e
-                nxt[j] = e
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _backward_kernel(mem, gs, gm, thr, c0, c1, leak0, leak1, lg0, lg1, temporal,
+                         with_grad_mem, curve, eps):  # pragma: no cover - compiled
+        # One top-level kernel (no closures, so numba's disk cache finds it in every process);
+        # each curve's row loop is inlined on its own, so it vectorizes.
+        steps, n = mem.shape
+        nblocks = (n + _BLOCK - 1) // _BLOCK
+        for b in nb.prange(nblocks):
+            lo = b * _BLOCK
+            hi = min(lo + _BLOCK, n)
+            nxt = np.zeros(hi - lo, mem.dtype)
+            for t in range(steps - 1, -1, -1):
+                g_mem = gm[t, lo:hi] if with_grad_mem else gm[0, 0:0]
+                m, g, o = mem[t, lo:hi], gs[t, lo:hi], eps[t, lo:hi]
+                last = (not temporal) or t == steps - 1
+                if curve == 0:
+                    _backward_row(_h_rectangular, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                                  lg1, last, with_grad_mem)
+                elif curve == 1:
+                    _backward_row(_h_polynomial, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                                  lg1, last, with_grad_mem)
+                elif curve == 2:
+                    _backward_row(_h_sigmoid, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                                  lg1, last, with_grad_mem)
+                elif curve == 3:
+                    _backward_row(_h_gaussian, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                                  lg1, last, with_grad_mem)
+                elif curve == 4:
+                    _backward_row(_h_atan, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                                  lg1, last, with_grad_mem)
+                else:
+                    _backward_row(_h_fast_sigmoid, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                                  lg1, last, with_grad_mem)
 
-        @nb.njit(parallel=True, cache=True, nogil=True)
-        def kernel(mem, gs, gm, thr, c0, c1, leak0, leak1, lg0, lg1, temporal, eps):
-            steps, n = mem.shape
-            nblocks = (n + _BLOCK - 1) // _BLOCK
-            for b in nb.prange(nblocks):
-                lo = b * _BLOCK
-                hi = min(lo + _BLOCK, n)
-                nxt = np.zeros(hi - lo, mem.dtype)
-                for t in range(steps - 1, -1, -1):
-                    g_mem = gm[t, lo:hi] if with_grad_mem else gm[0, 0:0]
-                    row(mem[t, lo:hi], gs[t, lo:hi], g_mem, eps[t, lo:hi], nxt, thr, c0, c1,
-                        leak0, leak1, lg0, lg1, (not temporal) or t == steps - 1)
-
-        return kernel
-
-    _BACKWARD = {
-        (name, with_gm): _make_backward(h, with_gm)
-        for name, h in _CURVES.items()
-        for with_gm in (False, True)
-    }
+    _CURVE_IDS = {name: i for i, name in enumerate(_CURVES)}
 
 
 def _threads() -> None:
@@ -233,9 +246,9 @@ def backward(
     cast = np.float32 if mem.dtype == torch.float32 else np.float64
     leak0, leak1, lgrad0, lgrad1 = _leak_values(p, mem.dtype)
     c0, c1 = _constants(p.surrogate.name, p.surrogate.width)
-    kernel = _BACKWARD[(p.surrogate.name, grad_membrane is not None)]
-    kernel(
+    _backward_kernel(
         mem.numpy(), gs, gm, cast(p.threshold), cast(c0), cast(c1), cast(leak0), cast(leak1),
-        cast(lgrad0), cast(lgrad1), bool(p.temporal), eps.numpy(),
+        cast(lgrad0), cast(lgrad1), bool(p.temporal), grad_membrane is not None,
+        _CURVE_IDS[p.surrogate.name], eps.numpy(),
     )
     return eps.view(shape)
