@@ -197,9 +197,13 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     labels = torch.randint(0, 10, (batch,), generator=gen, device=device)
     onehot = torch.nn.functional.one_hot(labels, 10).float()
 
+    # the same Bernoulli spikes for every case; stbp takes them as bytes (its encoding's
+    # dtype=torch.uint8), the others as float32
+    spike_dtype = torch.uint8 if case.startswith("stbp") else torch.float32
+
     def step(n: int = batch):
         x = (torch.rand((steps_t, n, *images.shape[1:]), generator=gen, device=device)
-             < images[:n]).float()
+             < images[:n]).to(spike_dtype)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             out = run(x)
         rate = out.float().mean(0)
@@ -209,9 +213,9 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
         opt.step()
 
     step(1)  # load libraries and compile kernels before the baseline is taken
-    step()  # (a full batch too: torch.compile specialises on the shape)
     if cuda:
-        torch.cuda.synchronize()
+        step()  # a full batch too (torch.compile specialises on the shape); the GPU's peak
+        torch.cuda.synchronize()  # counts allocated tensors, so the warm pool does not hide it
         base = torch.cuda.memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
     else:
@@ -246,7 +250,11 @@ def _run_case(case, kind, steps_t, args) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", case, "--kind", kind, "--steps-t", str(steps_t),
            "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--device", args.device]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    # A fixed mmap threshold makes glibc return every freed buffer above 64 KiB to the system at
+    # once, so the peak resident memory counts the tensors alive at the same time, the same way
+    # for every case (with the default, adaptive threshold it swung by +-40 % between runs).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         print(f"  {case}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
         return None

@@ -75,7 +75,7 @@ def test_snntorch_runs_our_graph_to_the_same_spikes(tiny_runs):
     x = _digits(cfg, tiny_runs["data"])
     with torch.no_grad():
         want = model(x)
-        got = torch.stack([net(x[t].flatten(1))[0] for t in range(x.shape[0])])
+        got = torch.stack([net(x[t].flatten(1).float())[0] for t in range(x.shape[0])])
     assert want.sum() > 0
     assert torch.equal(want, got)
 

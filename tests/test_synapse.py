@@ -117,6 +117,48 @@ def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad, monkeypatch)
             torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])
+@pytest.mark.parametrize("rows", [20, 5000])
+def test_byte_spikes_give_the_float_spikes_results(dtype, rows, monkeypatch):
+    """Spikes given as bytes: the same current and weight gradients as float spikes, the input
+    kept as it is (no float copy), the forward converted chunk by chunk for many rows."""
+    monkeypatch.setattr(synapse, "_CHUNK", 64 * 12)  # 64-row chunks
+    monkeypatch.setattr(synapse, "_MIN_ROWS", 64)
+    x = _spikes(rows, 2, 12)
+    w = torch.randn(7, 12)
+    b = torch.randn(7)
+    ours = _grads(synapse.linear, x.to(dtype), w, b)
+    ref = _grads(F.linear, x, w, b)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-6, atol=1e-6)
+    assert ours[1] is None  # bytes have no gradient
+    torch.testing.assert_close(ours[2], ref[2], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ours[3], ref[3], rtol=1e-5, atol=1e-4)
+    xc = _spikes(3, 2, 2, 9, 9).flatten(0, 1)
+    wc = torch.randn(4, 2, 3, 3)
+    ours = _grads(lambda x, w, b: synapse.conv2d(x, w, b, 1, 1), xc.to(dtype), wc, None)
+    ref = _grads(lambda x, w, b: F.conv2d(x, w, b, 1, 1), xc, wc, None)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours[2], ref[2], rtol=1e-5, atol=1e-4)
+
+
+def test_bernoulli_bytes_are_the_float_spikes_and_train_the_same(mnist):
+    images = mnist["val"].images[:16].float().div(255).flatten(1)
+    a = encoding.bernoulli(images, 8, generator=torch.Generator().manual_seed(0))
+    b = encoding.bernoulli(images, 8, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    assert b.dtype == torch.uint8 and torch.equal(a, b.float())
+    labels = mnist["val"].labels[:16]
+    grads = []
+    for x in (a, b):
+        net = models.mlp([784, 50, 10], seed=0, **NEURON)
+        out = net(x)
+        rate_mse(out, labels).backward()
+        grads.append((out, [p.grad for p in net.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    for g1, g2 in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+
+
 def test_bf16_autocast_matches_torch_autocast():
     x = _spikes(30, 8, 64)
     w = torch.randn(32, 64) * 0.1

@@ -46,14 +46,17 @@ class ImageSplit(MNISTSplit):
         shift: int = 0,
         shift_generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Input ``[T, B, C, H, W]`` of samples ``idx``: scaled to [0, 1], shifted, encoded."""
+        """Input ``[T, B, C, H, W]`` of samples ``idx``: scaled to [0, 1], shifted, encoded.
+
+        Bernoulli spikes come as ``uint8`` (one byte each; stbp's layers take them directly),
+        analog ("direct") input as float32."""
         x = self.images[idx]
         if x.dim() == 3:
             x = x.unsqueeze(1)
         x = x.to(torch.float32).div_(255.0)
         if shift:
             x = random_shift(x, shift, generator=shift_generator)
-        return encoding.encode(kind, x, steps, generator=generator)
+        return encoding.encode(kind, x, steps, generator=generator, spike_dtype=torch.uint8)
 
 
 @dataclass

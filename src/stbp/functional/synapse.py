@@ -23,7 +23,7 @@ from torch import Tensor
 
 from stbp.functional.lif_numba import HAVE_NUMBA, nb
 
-__all__ = ["linear", "conv2d", "pack", "unpack", "QUANTUM"]
+__all__ = ["linear", "conv2d", "pack", "unpack", "is_byte_spikes", "QUANTUM"]
 
 #: codes are 36 × value: exact for spikes (0/1) and for 1×1, 2×2, 3×3 and 6×6 average pools of
 #: spikes, with values up to 255 / 36 ≈ 7.08
@@ -95,8 +95,15 @@ def _rows(n_per_row: int) -> int:
 
 
 def _save(ctx, x: Tensor, weight: Tensor) -> None:
-    """Save the input (packed when exact; only when a weight gradient needs it) and W."""
-    codes = pack(x) if weight.requires_grad else None
+    """Save the input (packed when exact; only when a weight gradient needs it) and W.
+
+    Spikes given as bytes (``uint8``/``bool`` 0/1) are saved as they are (value = code)."""
+    ctx.quantum = QUANTUM
+    if is_byte_spikes(x):
+        codes = x.view(torch.uint8) if x.dtype == torch.bool else x
+        ctx.quantum = 1
+    else:
+        codes = pack(x) if weight.requires_grad else None
     ctx.packed = codes is not None
     ctx.in_shape, ctx.in_dtype = x.shape, x.dtype
     kept = codes if codes is not None else (x if weight.requires_grad else None)
@@ -105,13 +112,15 @@ def _save(ctx, x: Tensor, weight: Tensor) -> None:
 
 def _input_chunk(ctx, saved: Tensor, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
     part = saved[lo:hi]
-    return unpack(part, dtype) if ctx.packed else part.to(dtype)
+    if not ctx.packed:
+        return part.to(dtype)
+    return part.to(dtype) if ctx.quantum == 1 else unpack(part, dtype)
 
 
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):  # type: ignore[override]
-        out = F.linear(x, weight, bias)
+        out = _linear_forward(x, weight, bias)
         ctx.dtype = out.dtype
         ctx.has_bias = bias is not None
         _save(ctx, x.reshape(-1, x.shape[-1]), weight)
@@ -148,7 +157,7 @@ class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,  # type: ignore[override]
                 padding: int):
-        out = F.conv2d(x, weight, bias, stride, padding)
+        out = F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
         ctx.dtype = out.dtype
         ctx.has_bias = bias is not None
         ctx.stride, ctx.padding = stride, padding
@@ -189,6 +198,35 @@ class _Conv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def is_byte_spikes(x: Tensor) -> bool:
+    """Spikes given as one byte each (``uint8`` or ``bool``, values 0/1), as
+    :func:`stbp.encoding.bernoulli` makes with ``dtype=torch.uint8``."""
+    return x.dtype in (torch.uint8, torch.bool)
+
+
+def _as_float(x: Tensor, weight: Tensor) -> Tensor:
+    """Byte spikes become the weight's dtype for the matmul (a temporary; they are saved as
+    bytes); any other input is used as it is."""
+    return x.to(weight.dtype) if is_byte_spikes(x) else x
+
+
+def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear``; byte spikes are turned into floats a chunk of rows at a time, so no
+    full-size float copy of the input is made."""
+    if not is_byte_spikes(x):
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    step = _rows(rows.shape[1])
+    if rows.shape[0] <= step:
+        return F.linear(_as_float(x, weight), weight, bias)
+    first = F.linear(rows[:step].to(weight.dtype), weight, bias)
+    out = torch.empty((rows.shape[0], first.shape[1]), dtype=first.dtype, device=first.device)
+    out[:step] = first
+    for lo in range(step, rows.shape[0], step):
+        out[lo:lo + step] = F.linear(rows[lo:lo + step].to(weight.dtype), weight, bias)
+    return out.reshape(*x.shape[:-1], first.shape[1])
+
+
 def _tracks(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -196,7 +234,7 @@ def _tracks(*tensors: Tensor | None) -> bool:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value."""
     if not _tracks(x, weight, bias):
-        return F.linear(x, weight, bias)
+        return _linear_forward(x, weight, bias)
     return _Linear.apply(x, weight, bias)
 
 
@@ -204,5 +242,5 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 
            padding: int = 0) -> Tensor:
     """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value."""
     if not _tracks(x, weight, bias):
-        return F.conv2d(x, weight, bias, stride, padding)
+        return F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
     return _Conv2d.apply(x, weight, bias, stride, padding)
