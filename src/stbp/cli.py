@@ -179,7 +179,7 @@ def _scenes(args: argparse.Namespace) -> int:
     for name in ("train", "val", "test"):
         if getattr(args, name) < 1:
             raise StbpError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    mnist = load_mnist(args.data_dir, validation=0)
+    mnist = load_mnist(args.data_dir)  # validation = the last 5,000 training images
     t0 = time.perf_counter()
     summary = write_benchmark(args.out, mnist, seed=args.seed,
                               counts={"train": args.train, "val": args.val, "test": args.test})

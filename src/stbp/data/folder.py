@@ -60,6 +60,7 @@ def read_image(path: str | os.PathLike, *, size: int | None = None, color: str =
         raise StbpError(f"image {path}: empty file (0 bytes), not an image")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd but readable files
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.format not in ("PNG", "JPEG", "MPO"):

@@ -43,8 +43,9 @@ from stbp.errors import StbpError
 __all__ = ["SceneSpec", "Scene", "box_iou", "crop_resize", "render_scene", "sample_windows",
            "make_split", "write_benchmark", "load_scenes", "SPLIT_SOURCES"]
 
-#: split → (MNIST part, first index, end index or None): where each split's digits come from
-SPLIT_SOURCES = {"train": ("train", 0, 55000), "val": ("train", 55000, 60000), "test": ("test", 0, None)}
+#: scene split → the MNIST part (as :func:`stbp.data.mnist.load_mnist` splits it, with the last
+#: 5,000 training images as validation) its digits come from, and whether that part is the test set
+SPLIT_SOURCES = {"train": "train", "val": "val", "test": "test"}
 _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 
 
@@ -265,9 +266,11 @@ def write_benchmark(
     spec: SceneSpec | None = None,
 ) -> dict[str, Any]:
     """Generate the benchmark into the new folder ``out`` (written to ``out.part`` first and
-    renamed, so ``out`` is either complete or absent). ``mnist`` holds ``"train"`` and ``"test"``
-    with ``.images`` uint8 ``[N, 28, 28]`` and ``.labels`` (e.g. ``load_mnist(validation=0)``).
-    Returns the description written to ``benchmark.json``."""
+    renamed, so ``out`` is either complete or absent). ``mnist`` holds ``"train"``, ``"val"`` and
+    ``"test"`` with ``.images`` uint8 ``[N, 28, 28]`` and ``.labels``, as
+    :func:`stbp.data.mnist.load_mnist` returns them (validation = the last 5,000 training images):
+    train scenes use only ``train`` digits, validation scenes ``val`` digits, test scenes ``test``
+    digits. Returns the description written to ``benchmark.json``."""
     spec = (spec or SceneSpec()).check()
     counts = {"train": 600, "val": 100, "test": 200, **(counts or {})}
     for split, n in counts.items():
@@ -280,13 +283,16 @@ def write_benchmark(
     shutil.rmtree(tmp, ignore_errors=True)
     summary: dict[str, Any] = {"seed": seed, "spec": asdict(spec), "splits": {}}
     rng_windows = {}
-    for split, (part, lo, hi) in SPLIT_SOURCES.items():
+    for split, part in SPLIT_SOURCES.items():
         images = np.asarray(mnist[part].images)
         labels = np.asarray(mnist[part].labels)
-        hi = len(images) if hi is None else hi
-        if len(images) < hi:
-            raise StbpError(f"MNIST {part} has {len(images)} images; the {split} scenes need {hi}")
-        scenes = make_split(images[lo:hi], labels[lo:hi], counts[split], seed, split, spec, lo)
+        if not len(images):
+            raise StbpError(f"MNIST {part} split is empty; the {split} scenes need its digits")
+        # MNIST index of the first image: validation images follow the training ones in the file
+        lo = len(mnist["train"]) if part == "val" else 0
+        hi = lo + len(images)
+        part = "test" if part == "test" else "train"  # the MNIST file the digits come from
+        scenes = make_split(images, labels, counts[split], seed, split, spec, lo)
         sdir = tmp / "scenes" / split
         sdir.mkdir(parents=True)
         records = []
