@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     t.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     t.add_argument("--data-dir", help="folder holding the dataset files: MNIST's IDX files, or "
-                   "N-MNIST's Train/ and Test/ (or Train.zip, Test.zip) (default: "
-                   "$STBP_DATA/mnist or /nmnist; MNIST also from the cache, then a download)")
+                   "N-MNIST's Train/ and Test/ (or Train.zip, Test.zip), or a folder dataset's "
+                   "images (replaces data.path) (default: $STBP_DATA/mnist or /nmnist; MNIST also "
+                   "from the cache, then a download)")
     t.add_argument("--out", help="run directory (default: runs/PRESET-seedS-TIME)")
     t.add_argument("--limit-train", type=int, help="use only the first N training images")
     t.add_argument("--limit-eval", type=int,
