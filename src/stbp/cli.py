@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--min-score", type=float, default=0.5, help="keep boxes scoring at least this")
     d.add_argument("--nms-iou", type=float, default=0.3,
                    help="drop a box overlapping a better one by more than this IoU (default 0.3)")
+    d.add_argument("--no-vote", action="store_true",
+                   help="plain NMS: keep each best window as it is (default: box voting, see "
+                   "stbp.detect.box_vote)")
     d.add_argument("--background", default="background", help="the run's background class name")
     d.add_argument("--limit", type=int, help="with --scenes: only the first N scenes")
     return p
@@ -206,7 +209,7 @@ def _detect(args: argparse.Namespace) -> int:
     if args.scenes and args.images:
         raise StbpError("give IMAGEs or --scenes DIR, not both")
     detector = Detector.from_run(args.run, checkpoint=args.checkpoint, background=args.background,
-                                 scales=scales, stride=args.stride)
+                                 scales=scales, stride=args.stride, vote=not args.no_vote)
     if args.scenes:
         t0 = time.perf_counter()
         result = evaluate_scenes(detector, args.scenes, nms_iou=args.nms_iou, limit=args.limit)

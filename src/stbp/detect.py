@@ -9,8 +9,13 @@ training windows), encodes them as the run was trained (Bernoulli rate coding or
 input, fixed seed) and scores each window from the output firing rates:
 ``score = (max over object classes of rate − rate of the background class + 1) / 2``, in [0, 1]
 for a spiking network. :func:`nms` then keeps the best-scoring window of every group that
-overlaps by more than ``nms_iou``. :func:`average_precision` is the VOC all-point AP at an IoU
-threshold (0.5 for "mAP@0.5"; with one object class, mAP = AP).
+overlaps by more than ``nms_iou``, and :func:`box_vote` (on by default) refines each kept window:
+its box becomes the score-weighted mean of the windows it suppressed (and itself), its score
+the mean of its own score and theirs. Voting matters for a spiking network, whose firing rates
+saturate: many windows around a digit score exactly 1, and plain NMS would pick one of them at
+random — the choice was made on the validation scenes (docs/results.md).
+:func:`average_precision` is the VOC all-point AP at an IoU threshold (0.5 for "mAP@0.5"; with
+one object class, mAP = AP).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from stbp.data.scenes import SceneSpec, box_iou, crop_resize
 from stbp.errors import StbpError
 from stbp.loss import firing_rate
 
-__all__ = ["window_grid", "nms", "average_precision", "Detector", "Detection", "write_detections",
+__all__ = ["window_grid", "nms", "box_vote", "average_precision", "Detector", "Detection", "write_detections",
            "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
 
 DEFAULT_SCALES: tuple[int, ...] = SceneSpec().window_scales
@@ -77,6 +82,33 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         keep.append(int(i))
         suppressed |= overlaps[i] > iou
     return np.asarray(keep, dtype=np.int64)
+
+
+def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
+             iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Refine the boxes ``keep`` that :func:`nms` kept: each becomes the score-weighted mean of
+    the boxes overlapping it by more than ``iou`` (itself included; rounded to pixels), with
+    score (its own + the mean score of that group) / 2 — so that among windows tied at the top
+    score, the ones with better-supported surroundings rank first. Returns (boxes ``[K, 4]``
+    int64, scores ``[K]``)."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    if not len(keep):
+        return np.zeros((0, 4), np.int64), np.zeros(0)
+    overlaps = box_iou(boxes[keep], boxes)
+    out_boxes, out_scores = [], []
+    for row, k in enumerate(keep):
+        members = overlaps[row] > iou
+        members[k] = True
+        w = scores[members]
+        if w.sum() > 0:
+            box = (boxes[members] * w[:, None]).sum(axis=0) / w.sum()
+        else:
+            box = boxes[k]
+        out_boxes.append(np.rint(box).astype(np.int64))
+        out_scores.append((scores[k] + w.mean()) / 2)
+    return np.stack(out_boxes), np.asarray(out_scores)
 
 
 def average_precision(detections: list[tuple[int, float, list[int]]],
@@ -129,7 +161,7 @@ class Detector:
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], *, background: str = "background",
                  scales: tuple[int, ...] | list[int] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
-                 batch_size: int = 1000) -> None:
+                 vote: bool = True, batch_size: int = 1000) -> None:
         data = cfg["data"]
         classes = data.get("classes") if data["dataset"] == "folder" else [str(i) for i in range(10)]
         if background not in classes:
@@ -141,7 +173,7 @@ class Detector:
         self.cfg = cfg
         self.classes = list(classes)
         self.background = self.classes.index(background)
-        self.scales, self.stride = tuple(scales), float(stride)
+        self.scales, self.stride, self.vote = tuple(scales), float(stride), bool(vote)
         self.size = data["size"] if data["dataset"] == "folder" else 28
         self.color = data.get("color", "gray")
         self.batch_size = batch_size
@@ -207,12 +239,23 @@ class Detector:
 
     def detect(self, image: np.ndarray, *, min_score: float = 0.5, nms_iou: float = 0.3,
                seed: int = 0) -> list[Detection]:
-        """Boxes after non-maximum suppression with ``score >= min_score``, best first."""
-        boxes, scores, labels = self.score_windows(image, seed=seed)
-        keep = scores >= min_score
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        """Boxes after non-maximum suppression (and :func:`box_vote`, unless ``vote=False``)
+        with ``score >= min_score``, best first."""
+        return self.select(*self.score_windows(image, seed=seed), min_score=min_score, nms_iou=nms_iou)
+
+    def select(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, min_score: float = 0.5,
+               nms_iou: float = 0.3, vote: bool | None = None) -> list[Detection]:
+        """The detections among scored windows (:meth:`score_windows`): NMS, box voting
+        (``vote``, default: the detector's setting), then ``score >= min_score``, best first."""
+        keep = nms(boxes, scores, nms_iou)
+        labels = labels[keep]
+        if self.vote if vote is None else vote:
+            boxes, scores = box_vote(boxes, scores, keep, nms_iou)
+        else:
+            boxes, scores = boxes[keep], scores[keep]
+        order = np.lexsort((np.arange(len(scores)), -scores))
         return [Detection(boxes[i].tolist(), float(scores[i]), self.classes[labels[i]])
-                for i in nms(boxes, scores, nms_iou)]
+                for i in order if scores[i] >= min_score]
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -265,7 +308,7 @@ def write_detections(detector: Detector, images: list[str | os.PathLike], out: s
         record = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]),
                   "detections": [d.to_json() for d in dets],
                   "settings": {"scales": list(detector.scales), "stride": detector.stride,
-                               "min_score": min_score, "nms_iou": nms_iou}}
+                               "vote": detector.vote, "min_score": min_score, "nms_iou": nms_iou}}
         _atomic_bytes(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
         _atomic_bytes(out / f"{path.stem}.png", annotate(img, dets))
         results.append(record)
@@ -275,15 +318,24 @@ def write_detections(detector: Detector, images: list[str | os.PathLike], out: s
 def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou: float = 0.3,
                     iou: float = 0.5, limit: int | None = None) -> dict[str, Any]:
     """AP at IoU ``iou`` of the detector on a scene folder with ``boxes.json`` (``stbp scenes``):
-    every window scored, NMS, all remaining boxes ranked by score."""
+    every window scored, NMS (and box voting, as the detector is set), all remaining boxes ranked
+    by score. ``ap_other`` is the AP with box voting switched the other way, from the same
+    window scores."""
     from stbp.data.scenes import load_scenes
 
     scenes = load_scenes(scene_dir)[:limit]
-    truths, dets = [], []
+    truths: list[np.ndarray] = []
+    dets: dict[bool, list[tuple[int, float, list[int]]]] = {True: [], False: []}
     for i, rec in enumerate(scenes):
         img = detector.read(rec["image"])
         truths.append(np.asarray(rec["boxes"], np.int64).reshape(-1, 4))
-        dets += [(i, d.score, d.box) for d in detector.detect(img, min_score=0.0, nms_iou=nms_iou, seed=i)]
-    return {"ap": average_precision(dets, truths, iou), "iou": iou, "scenes": len(scenes),
-            "objects": int(sum(len(t) for t in truths)), "detections": len(dets), "nms_iou": nms_iou,
-            "scales": list(detector.scales), "stride": detector.stride}
+        scored = detector.score_windows(img, seed=i)
+        for vote in (True, False):
+            dets[vote] += [(i, d.score, d.box)
+                           for d in detector.select(*scored, min_score=0.0, nms_iou=nms_iou, vote=vote)]
+    mine = dets[detector.vote]
+    return {"ap": average_precision(mine, truths, iou),
+            "ap_other": average_precision(dets[not detector.vote], truths, iou),
+            "iou": iou, "scenes": len(scenes),
+            "objects": int(sum(len(t) for t in truths)), "detections": len(mine), "nms_iou": nms_iou,
+            "vote": detector.vote, "scales": list(detector.scales), "stride": detector.stride}
