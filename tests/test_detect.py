@@ -177,3 +177,21 @@ def test_box_vote_centres_tied_windows():
     voted2, vs2 = box_vote(boxes, scores2, nms(boxes, scores2, 0.3), 0.3)
     assert vs2[0] == pytest.approx((0.9 + (0.9 + 0.2 + 0.2) / 3) / 2) and vs2[0] < vs2[1]
     assert box_vote(boxes, scores, np.zeros(0, np.int64), 0.3)[0].shape == (0, 4)
+
+
+def test_digit_labelled_windows_name_the_digit(mnist, tmp_path):
+    """`--labels digit`: the same windows filed by digit; a detector trained on them names digits."""
+    bench = tmp_path / "digits"
+    summary = write_benchmark(bench, mnist, seed=1, counts={"train": 80, "val": 25, "test": 25},
+                              labels="digit")
+    assert summary["labels"] == "digit"
+    names = sorted(p.name for p in (bench / "windows" / "train").iterdir())
+    assert names == ["background"] + [f"digit-{d}" for d in range(10)]
+    truth = json.loads((bench / "scenes" / "train" / "boxes.json").read_text())["scenes"]
+    first = sorted(p.name for p in (bench / "windows" / "train" / f"digit-{truth[0]['digits'][0]}").iterdir())
+    assert "00000-00.png" in first, "scene 0's first object window is filed under its first digit"
+    run = _run(bench, tmp_path / "run", ANN, epochs=4)
+    result = evaluate_scenes(Detector.from_run(run), bench / "scenes" / "val")
+    assert result["digits_found"] > 50 and result["digit_accuracy"] > 0.2  # chance: 0.1
+    with pytest.raises(StbpError, match="window labels must be one of"):
+        write_benchmark(tmp_path / "x", mnist, labels="colour")

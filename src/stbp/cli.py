@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--train", type=int, default=600, help="training scenes (default 600)")
     s.add_argument("--val", type=int, default=100, help="validation scenes (default 100)")
     s.add_argument("--test", type=int, default=200, help="test scenes (default 200)")
+    s.add_argument("--labels", choices=["object", "digit"], default="object",
+                   help="object windows as one class 'object' (the paper's two-class task, default) "
+                   "or by digit, digit-0 ... digit-9 (a detector that names the digit)")
     s.add_argument("--data-dir", help="folder holding the four MNIST IDX files (default: as stbp train)")
 
     d = sub.add_parser("detect", help="detect objects with a trained object/background run: boxes "
@@ -186,7 +189,8 @@ def _scenes(args: argparse.Namespace) -> int:
     mnist = load_mnist(args.data_dir)  # validation = the last 5,000 training images
     t0 = time.perf_counter()
     summary = write_benchmark(args.out, mnist, seed=args.seed,
-                              counts={"train": args.train, "val": args.val, "test": args.test})
+                              counts={"train": args.train, "val": args.val, "test": args.test},
+                              labels=args.labels)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(summary, indent=2))
     return 0

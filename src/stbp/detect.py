@@ -34,8 +34,8 @@ from stbp.data.scenes import SceneSpec, box_iou, crop_resize
 from stbp.errors import StbpError
 from stbp.loss import firing_rate
 
-__all__ = ["window_grid", "nms", "box_vote", "average_precision", "Detector", "Detection", "write_detections",
-           "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
+__all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
+           "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
 
 DEFAULT_SCALES: tuple[int, ...] = SceneSpec().window_scales
 DEFAULT_STRIDE = 0.25
@@ -111,28 +111,40 @@ def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
     return np.stack(out_boxes), np.asarray(out_scores)
 
 
-def average_precision(detections: list[tuple[int, float, list[int]]],
-                      truths: list[np.ndarray], iou: float = 0.5) -> float:
-    """VOC all-point average precision. ``detections``: (image index, score, box); ``truths``:
-    the ground-truth boxes ``[K, 4]`` of each image. A detection is a true positive if its best
-    IoU with a not-yet-matched ground-truth box of its image is ≥ ``iou`` (highest scores are
-    matched first; ties by order given). NaN if there is no ground-truth box."""
-    n_truth = sum(len(t) for t in truths)
-    if n_truth == 0:
-        return float("nan")
+def match(detections: list[tuple[int, float, list[int]]], truths: list[np.ndarray],
+          iou: float = 0.5) -> tuple[list[int], list[int | None]]:
+    """VOC matching: detections ranked by score (ties: the order given); each is matched to the
+    not-yet-matched ground-truth box of its image with the highest IoU, if that IoU is ≥ ``iou``.
+    Returns the ranking (indices into ``detections``) and, per rank, the matched box's index
+    (None for a false positive)."""
     order = sorted(range(len(detections)), key=lambda k: -detections[k][1])
     matched = [np.zeros(len(t), bool) for t in truths]
-    tp = np.zeros(len(order))
-    for rank, k in enumerate(order):
+    hits: list[int | None] = []
+    for k in order:
         img, _, box = detections[k]
         gts = truths[img]
+        hit = None
         if len(gts):
             ious = box_iou([box], gts)[0]
             ious[matched[img]] = -1
             j = int(np.argmax(ious))
             if ious[j] >= iou:
                 matched[img][j] = True
-                tp[rank] = 1
+                hit = j
+        hits.append(hit)
+    return order, hits
+
+
+def average_precision(detections: list[tuple[int, float, list[int]]],
+                      truths: list[np.ndarray], iou: float = 0.5) -> float:
+    """VOC all-point average precision. ``detections``: (image index, score, box); ``truths``:
+    the ground-truth boxes ``[K, 4]`` of each image; detections are matched by :func:`match`.
+    NaN if there is no ground-truth box."""
+    n_truth = sum(len(t) for t in truths)
+    if n_truth == 0:
+        return float("nan")
+    order, hits = match(detections, truths, iou)
+    tp = np.asarray([h is not None for h in hits], dtype=np.float64)
     ctp = np.cumsum(tp)
     recall = ctp / n_truth
     precision = ctp / np.arange(1, len(order) + 1)
@@ -326,15 +338,28 @@ def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou
     scenes = load_scenes(scene_dir)[:limit]
     truths: list[np.ndarray] = []
     dets: dict[bool, list[tuple[int, float, list[int]]]] = {True: [], False: []}
+    names: list[str] = []
     for i, rec in enumerate(scenes):
         img = detector.read(rec["image"])
         truths.append(np.asarray(rec["boxes"], np.int64).reshape(-1, 4))
         scored = detector.score_windows(img, seed=i)
         for vote in (True, False):
-            dets[vote] += [(i, d.score, d.box)
-                           for d in detector.select(*scored, min_score=0.0, nms_iou=nms_iou, vote=vote)]
+            found = detector.select(*scored, min_score=0.0, nms_iou=nms_iou, vote=vote)
+            dets[vote] += [(i, d.score, d.box) for d in found]
+            if vote == detector.vote:
+                names += [d.label for d in found]
     mine = dets[detector.vote]
-    return {"ap": average_precision(mine, truths, iou),
+    extra: dict[str, Any] = {}
+    if all(isinstance(r.get("digits"), list) and len(r["digits"]) == len(r["boxes"]) for r in scenes) \
+            and any(c.startswith("digit-") for c in detector.classes):
+        # a detector that names the digit: how often a found digit (IoU >= iou) is named right
+        order, hits = match(mine, truths, iou)
+        pairs = [(names[k], scenes[mine[k][0]]["digits"][h]) for k, h in zip(order, hits, strict=True)
+                 if h is not None]
+        right = sum(n == f"digit-{d}" for n, d in pairs)
+        extra["digit_accuracy"] = right / len(pairs) if pairs else float("nan")
+        extra["digits_found"] = len(pairs)
+    return {**extra, "ap": average_precision(mine, truths, iou),
             "ap_other": average_precision(dets[not detector.vote], truths, iou),
             "iou": iou, "scenes": len(scenes),
             "objects": int(sum(len(t) for t in truths)), "detections": len(mine), "nms_iou": nms_iou,

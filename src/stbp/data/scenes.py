@@ -21,7 +21,8 @@ scenes from 55,001–60,000 (the validation hold-out of every stbp MNIST run), t
 the 10,000 test images only.
 
 :func:`write_benchmark` writes ``scenes/<split>/NNNNN.png`` with ``scenes/<split>/boxes.json``,
-``windows/<split>/{background,object}/*.png`` (a dataset folder for
+``windows/<split>/{background,object}/*.png`` (or ``digit-0`` … ``digit-9`` in place of
+``object`` with ``labels="digit"``; a dataset folder for
 ``stbp train --dataset folder:OUT/windows``) and ``benchmark.json`` (the settings and seed).
 """
 
@@ -46,6 +47,8 @@ __all__ = ["SceneSpec", "Scene", "box_iou", "crop_resize", "render_scene", "samp
 #: scene split → the MNIST part (as :func:`stbp.data.mnist.load_mnist` splits it, with the last
 #: 5,000 training images as validation) its digits come from, and whether that part is the test set
 SPLIT_SOURCES = {"train": "train", "val": "val", "test": "test"}
+#: how object windows are labelled: one class "object", or the digit ("digit-0" … "digit-9")
+WINDOW_LABELS = ("object", "digit")
 _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 
 
@@ -264,14 +267,20 @@ def write_benchmark(
     seed: int = 0,
     counts: dict[str, int] | None = None,
     spec: SceneSpec | None = None,
+    labels: str = "object",
 ) -> dict[str, Any]:
     """Generate the benchmark into the new folder ``out`` (written to ``out.part`` first and
     renamed, so ``out`` is either complete or absent). ``mnist`` holds ``"train"``, ``"val"`` and
     ``"test"`` with ``.images`` uint8 ``[N, 28, 28]`` and ``.labels``, as
     :func:`stbp.data.mnist.load_mnist` returns them (validation = the last 5,000 training images):
     train scenes use only ``train`` digits, validation scenes ``val`` digits, test scenes ``test``
-    digits. Returns the description written to ``benchmark.json``."""
+    digits. ``labels = "digit"`` files each object window under its digit (``digit-0`` …
+    ``digit-9``) instead of ``object`` — the same windows, for a detector that also names the
+    digit. Returns the description written to ``benchmark.json``."""
     spec = (spec or SceneSpec()).check()
+    if labels not in WINDOW_LABELS:
+        raise StbpError(f"window labels must be one of {', '.join(WINDOW_LABELS)}, got {labels!r}")
+    classes = ["object"] if labels == "object" else [f"digit-{d}" for d in range(10)]
     counts = {"train": 600, "val": 100, "test": 200, **(counts or {})}
     for split, n in counts.items():
         if split not in SPLIT_SOURCES or isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -281,23 +290,23 @@ def write_benchmark(
         raise StbpError(f"--out {out}: exists and is not an empty directory")
     tmp = out.with_name(out.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
-    summary: dict[str, Any] = {"seed": seed, "spec": asdict(spec), "splits": {}}
+    summary: dict[str, Any] = {"seed": seed, "spec": asdict(spec), "labels": labels, "splits": {}}
     rng_windows = {}
     for split, part in SPLIT_SOURCES.items():
         images = np.asarray(mnist[part].images)
-        labels = np.asarray(mnist[part].labels)
+        digit_labels = np.asarray(mnist[part].labels)
         if not len(images):
             raise StbpError(f"MNIST {part} split is empty; the {split} scenes need its digits")
         # MNIST index of the first image: validation images follow the training ones in the file
         lo = len(mnist["train"]) if part == "val" else 0
         hi = lo + len(images)
         part = "test" if part == "test" else "train"  # the MNIST file the digits come from
-        scenes = make_split(images, labels, counts[split], seed, split, spec, lo)
+        scenes = make_split(images, digit_labels, counts[split], seed, split, spec, lo)
         sdir = tmp / "scenes" / split
         sdir.mkdir(parents=True)
         records = []
         n_pos = n_neg = 0
-        for c in ("object", "background"):
+        for c in ("background", *classes):
             (tmp / "windows" / split / c).mkdir(parents=True)
         rng_windows[split] = np.random.default_rng([seed, _SPLIT_STREAM[split], 1 << 20])
         for i, sc in enumerate(scenes):
@@ -306,9 +315,14 @@ def write_benchmark(
             records.append({"image": name, "boxes": sc.boxes.tolist(), "digits": sc.digits,
                             "mnist_index": sc.sources})
             pos, neg = sample_windows(sc, rng_windows[split], spec)
-            for cls, bxs in (("object", pos), ("background", neg)):
+            # an object window's digit: the box it overlaps most (IoU >= 0.6 with one box rules
+            # out IoU >= 0.6 with another, since boxes overlap by IoU <= 0.1)
+            owner = box_iou(pos, sc.boxes).argmax(axis=1) if len(pos) else np.zeros(0, np.int64)
+            names = [classes[0] if labels == "object" else f"digit-{sc.digits[k]}" for k in owner]
+            for kind, bxs in (("object", pos), ("background", neg)):
                 crops = crop_resize(sc.image, bxs, spec.window).numpy()
                 for j, crop in enumerate(crops):
+                    cls = names[j] if kind == "object" else "background"
                     _write_png(tmp / "windows" / split / cls / f"{i:05d}-{j:02d}.png", crop)
             n_pos, n_neg = n_pos + len(pos), n_neg + len(neg)
         (sdir / "boxes.json").write_text(json.dumps({"split": split, "mnist_part": part,
