@@ -195,3 +195,28 @@ def test_digit_labelled_windows_name_the_digit(mnist, tmp_path):
     assert result["digits_found"] > 50 and result["digit_accuracy"] > 0.2  # chance: 0.1
     with pytest.raises(StbpError, match="window labels must be one of"):
         write_benchmark(tmp_path / "x", mnist, labels="colour")
+
+
+def test_rgb_detector_writes_outputs(tmp_path):
+    """An RGB object/background network (untrained: this checks shapes and files, not accuracy)."""
+    from stbp.data.splits import resolve_dataset
+    from stbp.detect import write_detections
+    from stbp.train import build_model
+
+    for c in ("background", "object"):
+        (tmp_path / "set" / c).mkdir(parents=True)
+        Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "set" / c / "a.png")
+        Image.new("RGB", (20, 20), (10, 200, 10)).save(tmp_path / "set" / c / "b.jpg")
+    cfg = resolve_dataset(load_config("detect-cnn", dataset=f"folder:{tmp_path / 'set'}",
+                                      overrides=["data.color='rgb'", "data.size=16", "encoding.steps=2"]))
+    detector = Detector(build_model(cfg), cfg, scales=[16, 24], stride=0.5)
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    rgb[5:30, 10:35] = (250, 250, 0)
+    Image.fromarray(rgb).save(tmp_path / "scene.jpg")
+    boxes, scores, labels = detector.score_windows(detector.read(tmp_path / "scene.jpg"))
+    assert len(boxes) == len(window_grid(40, 50, [16, 24], 0.5)) == len(scores) == len(labels)
+    [record] = write_detections(detector, [tmp_path / "scene.jpg"], tmp_path / "out", min_score=0.0)
+    assert record["width"] == 50 and record["height"] == 40
+    with Image.open(tmp_path / "out" / "scene.png") as img:
+        assert img.size == (50, 40)
+        assert img.mode == "RGB"
