@@ -63,7 +63,7 @@ def test_missing_required_and_unknown_preset(tmp_path):
         validate({"data": {"dataset": "mnist"}, "model": {"kind": "mlp", "sizes": [4, 2]},
                   "neuron": {"threshold": 1}, "encoding": {"steps": 3},
                   "train": {"epochs": 1, "batch_size": 2, "lr": 0.1}}, "x")
-    with pytest.raises(StbpError, match="unknown preset 'mnist-rnn'; available: mnist-cnn"):
+    with pytest.raises(StbpError, match="unknown preset 'mnist-rnn'; available: detect-cnn, mnist-cnn"):
         load_config("mnist-rnn")
     with pytest.raises(StbpError, match="no such file"):
         load_config(config=tmp_path / "none.toml")

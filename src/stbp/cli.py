@@ -1,4 +1,4 @@
-"""The ``stbp`` command: train, eval, plot, export, reproduce, presets."""
+"""The ``stbp`` command: train, eval, plot, export, reproduce, scenes, detect, presets."""
 
 from __future__ import annotations
 
@@ -29,11 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a TOML config file (applied on top of --preset, if given)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=V",
                    help="override one setting, e.g. --set train.lr=0.0005 (repeatable)")
+    t.add_argument("--dataset", metavar="NAME|folder:PATH",
+                   help="mnist, nmnist, or folder:PATH — your own images, one subfolder of "
+                   "PNG/JPEG files per class (overrides data.dataset, data.path)")
     t.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     t.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     t.add_argument("--data-dir", help="folder holding the dataset files: MNIST's IDX files, or "
-                   "N-MNIST's Train/ and Test/ (or Train.zip, Test.zip) (default: "
-                   "$STBP_DATA/mnist or /nmnist; MNIST also from the cache, then a download)")
+                   "N-MNIST's Train/ and Test/ (or Train.zip, Test.zip), or a folder dataset's "
+                   "images (replaces data.path) (default: $STBP_DATA/mnist or /nmnist; MNIST also "
+                   "from the cache, then a download)")
     t.add_argument("--out", help="run directory (default: runs/PRESET-seedS-TIME)")
     t.add_argument("--limit-train", type=int, help="use only the first N training images")
     t.add_argument("--limit-eval", type=int,
@@ -93,11 +97,51 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list the presets, or print one to copy and edit")
     pr.add_argument("name", nargs="?", help="print this preset's TOML")
+
+    s = sub.add_parser("scenes", help="generate the detection benchmark: cluttered scenes of real "
+                       "MNIST digits with boxes, and object/background windows to train on")
+    s.add_argument("--out", required=True, help="a new folder for scenes/, windows/, benchmark.json")
+    s.add_argument("--seed", type=int, default=0, help="the seed every scene follows from (default 0)")
+    s.add_argument("--train", type=int, default=600, help="training scenes (default 600)")
+    s.add_argument("--val", type=int, default=100, help="validation scenes (default 100)")
+    s.add_argument("--test", type=int, default=200, help="test scenes (default 200)")
+    s.add_argument("--labels", choices=["object", "digit"], default="object",
+                   help="object windows as one class 'object' (the paper's two-class task, default) "
+                   "or by digit, digit-0 ... digit-9 (a detector that names the digit)")
+    s.add_argument("--data-dir", help="folder holding the four MNIST IDX files (default: as stbp train)")
+
+    d = sub.add_parser("detect", help="detect objects with a trained object/background run: boxes "
+                       "as JSON and an annotated PNG per image, or AP on a scene folder")
+    d.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG images to detect in")
+    d.add_argument("--run", required=True, help="a run directory trained on object/background windows")
+    d.add_argument("--out", default="detections", help="output folder (default: detections)")
+    d.add_argument("--scenes", metavar="DIR", help="instead of IMAGEs: evaluate on a scene folder "
+                   "with boxes.json (e.g. BENCH/scenes/test) and print the AP at IoU 0.5")
+    d.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    d.add_argument("--scales", default=",".join(map(str, _default_scales())),
+                   help="window sides in pixels, comma-separated (default: %(default)s)")
+    d.add_argument("--stride", type=float, default=0.25,
+                   help="window step as a fraction of its side (default: %(default)s)")
+    d.add_argument("--min-score", type=float, default=0.5, help="keep boxes scoring at least this")
+    d.add_argument("--nms-iou", type=float, default=0.3,
+                   help="drop a box overlapping a better one by more than this IoU (default 0.3)")
+    d.add_argument("--no-vote", action="store_true",
+                   help="plain NMS: keep each best window as it is (default: box voting, see "
+                   "stbp.detect.box_vote)")
+    d.add_argument("--background", default="background", help="the run's background class name")
+    d.add_argument("--limit", type=int, help="with --scenes: only the first N scenes")
     return p
+
+
+def _default_scales() -> tuple[int, ...]:
+    from stbp.data.scenes import SceneSpec
+
+    return SceneSpec().window_scales
 
 
 def _train(args: argparse.Namespace) -> int:
     from stbp.config import load_config
+    from stbp.data.splits import resolve_dataset
     from stbp.train import train
 
     overrides = list(args.overrides)
@@ -116,19 +160,20 @@ def _train(args: argparse.Namespace) -> int:
         if not saved.is_file():
             raise StbpError(f"--resume: {saved} not found; nothing to resume")
         cfg = load_config(config=saved)
-        if args.preset or args.config or overrides:
+        if args.preset or args.config or overrides or args.dataset:
             # --preset/--config rebuild the settings from scratch; otherwise the options
             # given apply on top of the saved run.
-            given = (load_config(args.preset, args.config, overrides) if args.preset or args.config
-                     else load_config(config=saved, overrides=overrides))
-            diffs = _differences(cfg, given)
+            given = (load_config(args.preset, args.config, overrides, args.dataset)
+                     if args.preset or args.config
+                     else load_config(config=saved, overrides=overrides, dataset=args.dataset))
+            diffs = _differences(cfg, resolve_dataset(given, args.data_dir))
             if diffs:
                 raise StbpError(
                     f"--resume: {'; '.join(diffs)} (from {saved}); a resumed run keeps its "
                     "settings: drop the option, or start a new run in another --out"
                 )
     else:
-        cfg = load_config(args.preset, args.config, overrides)
+        cfg = load_config(args.preset, args.config, overrides, args.dataset)
     out = args.out
     if out is None:
         name = args.preset or Path(args.config).stem
@@ -214,11 +259,62 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scenes(args: argparse.Namespace) -> int:
+    from stbp.data.mnist import load_mnist
+    from stbp.data.scenes import write_benchmark
+
+    if args.seed < 0:
+        raise StbpError(f"--seed must be >= 0, got {args.seed}")
+    for name in ("train", "val", "test"):
+        if getattr(args, name) < 1:
+            raise StbpError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    mnist = load_mnist(args.data_dir)  # validation = the last 5,000 training images
+    t0 = time.perf_counter()
+    summary = write_benchmark(args.out, mnist, seed=args.seed,
+                              counts={"train": args.train, "val": args.val, "test": args.test},
+                              labels=args.labels)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from stbp.detect import Detector, evaluate_scenes, write_detections
+
+    try:
+        scales = [int(s) for s in args.scales.split(",") if s.strip()]
+    except ValueError:
+        raise StbpError(f"--scales {args.scales!r}: expected integers separated by commas, e.g. 24,32,42") \
+            from None
+    for name in ("min_score", "nms_iou"):
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            raise StbpError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.limit is not None and args.limit < 1:
+        raise StbpError(f"--limit must be >= 1, got {args.limit}")
+    if args.scenes and args.images:
+        raise StbpError("give IMAGEs or --scenes DIR, not both")
+    detector = Detector.from_run(args.run, checkpoint=args.checkpoint, background=args.background,
+                                 scales=scales, stride=args.stride, vote=not args.no_vote)
+    if args.scenes:
+        t0 = time.perf_counter()
+        result = evaluate_scenes(detector, args.scenes, nms_iou=args.nms_iou, limit=args.limit)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(result, indent=2))
+        return 0
+    results = write_detections(detector, args.images, args.out, min_score=args.min_score,
+                               nms_iou=args.nms_iou)
+    for r in results:
+        print(f"{r['image']}: {len(r['detections'])} box(es) -> {Path(args.out) / Path(r['image']).stem}"
+              ".json, .png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handlers = {"train": _train, "eval": _eval, "plot": _plot, "export": _export,
-                "reproduce": _reproduce,
+                "reproduce": _reproduce, "scenes": _scenes, "detect": _detect,
                 "presets": _presets}
     if args.command is None:
         parser.print_help()

@@ -23,7 +23,8 @@ from stbp.errors import StbpError
 from stbp.functional.lif import BACKENDS, RESETS
 from stbp.functional.surrogate import SURROGATES, get_surrogate
 
-__all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override"]
+__all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override",
+           "dataset_info", "with_dataset"]
 
 
 def _pos_int(v: Any) -> bool:
@@ -103,10 +104,17 @@ def _str(v: Any) -> bool:
 
 _str.__doc__ = "a non-empty string"
 
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) >= 2 and all(_str(x) for x in v)
+
+
+_str_list.__doc__ = "a list of at least 2 non-empty strings"
+
 #: table -> key -> (check, required)
 SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
     "data": {
-        "dataset": (_one_of("mnist", "nmnist"), True),
+        "dataset": (_one_of("mnist", "nmnist", "folder"), True),
         "validation": (_validation, False),
         "shift": (_nonneg_int, False),
         # event data (nmnist) only:
@@ -114,6 +122,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "time_window": (_nonneg_int, False),
         "first_saccade": (_bool, False),
         "verify": (_bool, False),
+        # your own images (folder) only:
+        "path": (_str, False),
+        "size": (_pos_int, False),
+        "color": (_one_of("gray", "rgb"), False),
+        "test": (_validation, False),
+        "split_seed": (_nonneg_int, False),
+        "classes": (_str_list, False),
     },
     "model": {
         "kind": (_one_of("mlp", "cnn"), True),
@@ -122,6 +137,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "hidden": (_int_list, False),
         "kernel_size": (_pos_int, False),
         "init": (_one_of("paper", "default"), False),
+        "spiking": (_bool, False),
     },
     "neuron": {
         "decay": (_decay, True),
@@ -156,8 +172,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"validation": 5000, "shift": 0},
-    "model": {"init": "paper"},
+    "data": {"shift": 0},
+    "model": {"init": "paper", "spiking": True},
     "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True,
                "backend": "auto"},
     "encoding": {"kind": "bernoulli"},
@@ -224,7 +240,8 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 #: What each dataset feeds the network: input shape (C, H, W), number of classes, training samples
-#: (None: known only once the folder is read, as for the N-MNIST subset).
+#: (None: known only once the folder is read, as for the N-MNIST subset). A folder dataset's
+#: shape comes from its [data] size/color/classes (:func:`dataset_info`).
 DATASETS: dict[str, dict[str, Any]] = {
     "mnist": {"input": (1, 28, 28), "classes": 10, "train_images": 60000},
     "nmnist": {"input": (2, 34, 34), "classes": 10, "train_images": None},
@@ -232,28 +249,47 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 #: [data] keys that apply to each dataset, with the defaults of the dataset-specific ones.
 DATA_KEYS: dict[str, dict[str, Any]] = {
-    "mnist": {},
-    "nmnist": {"frames": "binary", "time_window": 0, "first_saccade": False, "verify": True},
+    "mnist": {"validation": 5000},
+    "nmnist": {"validation": 5000, "frames": "binary", "time_window": 0, "first_saccade": False,
+               "verify": True},
+    "folder": {"validation": 0.1, "path": None, "size": 28, "color": "gray", "test": 0.2,
+               "split_seed": 0, "classes": None},
 }
 _COMMON_DATA_KEYS = {"dataset", "validation", "shift"}
 
 #: [model] keys that apply to each kind of network.
 MODEL_KEYS = {
-    "mlp": {"kind", "sizes", "init"},
-    "cnn": {"kind", "channels", "hidden", "kernel_size", "init"},
+    "mlp": {"kind", "sizes", "init", "spiking"},
+    "cnn": {"kind", "channels", "hidden", "kernel_size", "init", "spiking"},
 }
+
+
+def dataset_info(data: dict[str, Any]) -> dict[str, Any]:
+    """Input shape (C, H, W), number of classes (None while a folder's classes are unresolved)
+    and training-set size (None if known only once read) of a validated [data] table."""
+    if data["dataset"] != "folder":
+        return DATASETS[data["dataset"]]
+    channels = 3 if data["color"] == "rgb" else 1
+    classes = data.get("classes")
+    return {"input": (channels, data["size"], data["size"]),
+            "classes": len(classes) if classes else None, "train_images": None}
 
 
 def _check_model(cfg: dict[str, Any], source: str) -> None:
     """Cross-key checks: the network's shape must fit the dataset's images and classes."""
     model, data = cfg["model"], cfg["data"]
-    ds = DATASETS[data["dataset"]]
     extra = sorted(set(data) - _COMMON_DATA_KEYS - set(DATA_KEYS[data["dataset"]]))
     if extra:
         raise StbpError(
             f"config {source}: [data] {', '.join(extra)} do(es) not apply to dataset = "
             f"{data['dataset']!r}"
         )
+    if data["dataset"] == "folder" and not data.get("path"):
+        raise StbpError(
+            f"config {source}: dataset = 'folder' needs [data] path = \"FOLDER\" (one subfolder of "
+            "PNG/JPEG images per class), or use --dataset folder:FOLDER"
+        )
+    ds = dataset_info(data)
     events = data["dataset"] == "nmnist"
     if (cfg["encoding"]["kind"] == "events") != events:
         raise StbpError(
@@ -281,14 +317,14 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
         if sizes is None or len(sizes) < 2:
             raise StbpError(
                 f"config {source}: [model] kind = 'mlp' needs sizes = [in, ..., out] with at "
-                f"least 2 entries, e.g. [{c * h * w}, 800, {ds['classes']}]"
+                f"least 2 entries, e.g. [{c * h * w}, 800, {ds['classes'] or 2}]"
             )
         if sizes[0] != c * h * w:
             raise StbpError(
                 f"config {source}: [model] sizes = {sizes} must start with {c * h * w}: "
                 f"{data['dataset']} images have {c}x{h}x{w} = {c * h * w} pixels"
             )
-        if sizes[-1] != ds["classes"]:
+        if ds["classes"] is not None and sizes[-1] != ds["classes"]:
             raise StbpError(
                 f"config {source}: [model] sizes = {sizes} must end with {ds['classes']}, the "
                 f"number of {data['dataset']} classes"
@@ -337,8 +373,30 @@ def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
             if required and key not in values:
                 raise StbpError(f"config {source}: [{table}] is missing the required key {key!r}")
         out[table] = {**DEFAULTS.get(table, {}), **values}
-    out["data"] = {**DATA_KEYS[out["data"]["dataset"]], **out["data"]}  # dataset-specific defaults
+    # dataset-specific defaults (None: optional, absent unless given)
+    specific = {k: v for k, v in DATA_KEYS[out["data"]["dataset"]].items() if v is not None}
+    out["data"] = {**specific, **out["data"]}
     _check_model(out, source)
+    return out
+
+
+def with_dataset(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """``--dataset``: ``"mnist"``, ``"nmnist"`` or ``"folder:PATH"`` in place of a (raw) config's
+    dataset; [data] keys that belong to the previous dataset only are dropped."""
+    name, sep, path = dataset.partition(":")
+    if name not in DATA_KEYS or (name == "folder") != bool(sep) or (sep and not path):
+        raise StbpError(f"--dataset {dataset!r}: expected mnist, nmnist or folder:PATH (a folder "
+                        "with one subfolder of PNG/JPEG images per class)")
+    data = dict(cfg.get("data", {})) if isinstance(cfg.get("data"), dict) else {}
+    keep = _COMMON_DATA_KEYS | set(DATA_KEYS[name])
+    data = {k: v for k, v in data.items() if k in keep}
+    if data.get("dataset") != name and "validation" in data:
+        del data["validation"]  # a count of MNIST images means nothing for another dataset
+    data["dataset"] = name
+    if name == "folder":
+        data["path"] = path
+    out = copy.deepcopy(cfg)
+    out["data"] = data
     return out
 
 
@@ -346,8 +404,10 @@ def load_config(
     preset: str | None = None,
     config: str | Path | None = None,
     overrides: list[str] | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
-    """A validated configuration: a preset, then a user file on top, then ``--set`` overrides."""
+    """A validated configuration: a preset, then a user file on top, then ``--dataset``, then
+    ``--set`` overrides."""
     if preset is None and config is None:
         raise StbpError("give --preset NAME or --config FILE (see `stbp presets`)")
     cfg: dict[str, Any] = {}
@@ -358,6 +418,9 @@ def load_config(
     if config is not None:
         cfg = merge(cfg, _read_toml(Path(config)))
         sources.append(str(config))
+    if dataset is not None:
+        cfg = with_dataset(cfg, dataset)
+        sources.append(f"--dataset {dataset}")
     for item in overrides or []:
         cfg = merge(cfg, parse_override(item))
         sources.append(f"--set {item}")

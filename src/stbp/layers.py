@@ -15,7 +15,11 @@ from stbp.functional.lif import LIFParams, lif_with
 from stbp.functional.pool import avg_pool2d
 from stbp.functional.surrogate import SurrogateLike
 
-__all__ = ["LIF", "Linear", "Conv2d", "AvgPool2d", "Flatten"]
+__all__ = ["LIF", "Analog", "Linear", "Conv2d", "AvgPool2d", "Flatten", "ACTIVATIONS"]
+
+#: what follows a layer's synapses: the LIF neuron (a spiking network) or, for the non-spiking
+#: baseline of the same shape (an ANN), a ReLU (hidden layers) or nothing (the output layer)
+ACTIVATIONS = ("lif", "relu", "identity")
 
 
 def _check_steps_batch(x: Tensor, min_dim: int, layer: str) -> None:
@@ -86,17 +90,49 @@ class LIF(nn.Module):
         )
 
 
+class Analog(nn.Module):
+    """The non-spiking stand-in for :class:`LIF` in an ANN of the same shape: ReLU (or identity)
+    of the current at every step; no state, no parameters."""
+
+    def __init__(self, activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in ("relu", "identity"):
+            raise StbpError(f"Analog activation must be 'relu' or 'identity', got {activation!r}")
+        self.activation = activation
+
+    def forward(self, current: Tensor) -> Tensor:
+        return self.fire(current)
+
+    def fire(self, current: Tensor, *, overwrite: bool = False) -> Tensor:
+        """``relu(current)`` (or ``current``); the same call signature as :meth:`LIF.fire`."""
+        del overwrite
+        return torch.relu(current) if self.activation == "relu" else current
+
+    def extra_repr(self) -> str:
+        return self.activation
+
+
+def _neuron(activation: str, neuron: dict) -> nn.Module:
+    if activation == "lif":
+        return LIF(**neuron)
+    if activation not in ACTIVATIONS:
+        raise StbpError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    return Analog(activation)
+
+
 class Linear(nn.Module):
     """Fully connected synapses + LIF neurons: o^{t,n} = LIF(W o^{t,n-1} + b) for all t at once.
 
     Memory: a spiking input is kept for the backward as one byte per value
     (:mod:`stbp.functional.synapse`), and the membrane potentials take the current's place.
+    ``activation="relu"``/``"identity"`` replaces the LIF by :class:`Analog` (the ANN baseline).
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, **neuron) -> None:
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 activation: str = "lif", **neuron) -> None:
         super().__init__()
         self.synapse = nn.Linear(in_features, out_features, bias=bias)
-        self.neuron = LIF(**neuron)
+        self.neuron = _neuron(activation, neuron)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_steps_batch(x, 3, "Linear")
@@ -127,13 +163,14 @@ class Conv2d(nn.Module):
         stride: int = 1,
         padding: int = 0,
         bias: bool = True,
+        activation: str = "lif",
         **neuron,
     ) -> None:
         super().__init__()
         self.synapse = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
         )
-        self.neuron = LIF(**neuron)
+        self.neuron = _neuron(activation, neuron)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_steps_batch(x, 5, "Conv2d")

@@ -42,6 +42,12 @@ def _check_neuron(fn: str, neuron: dict) -> None:
                         f"{fn}(..., decay=0.1, threshold=0.5) as in the paper's MNIST networks")
 
 
+def _activations(n: int, spiking: bool) -> list[str]:
+    """LIF everywhere, or — for the non-spiking network of the same shape — ReLU in the hidden
+    layers and a linear output layer (its output plays the role of the firing rate in E5)."""
+    return ["lif"] * n if spiking else ["relu"] * (n - 1) + ["identity"]
+
+
 def _finish(net: SpikingNet, init: str, seed: int | None) -> SpikingNet:
     if init == "paper":
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -52,19 +58,23 @@ def _finish(net: SpikingNet, init: str, seed: int | None) -> SpikingNet:
 
 
 def mlp(
-    sizes: Sequence[int], *, init: str = "paper", seed: int | None = None, **neuron
+    sizes: Sequence[int], *, init: str = "paper", seed: int | None = None, spiking: bool = True,
+    **neuron,
 ) -> SpikingNet:
     """A spiking MLP, e.g. ``mlp([784, 800, 10], decay=0.1, threshold=0.5)`` (paper: 784-800-10).
 
     Input spikes ``[T, B, sizes[0]]`` (or any trailing shape that flattens to it); output spikes
     ``[T, B, sizes[-1]]``. ``neuron`` holds the :func:`stbp.functional.lif` settings.
+    ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output).
     """
     _check_neuron("mlp", neuron)
     sizes = list(sizes)
     if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
         raise StbpError(f"mlp sizes must be >= 2 positive integers, got {sizes!r}")
     mods: list[nn.Module] = [layers.Flatten()]
-    mods += [layers.Linear(a, b, **neuron) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    acts = _activations(len(sizes) - 1, spiking)
+    mods += [layers.Linear(a, b, activation=f, **neuron)
+             for a, b, f in zip(sizes[:-1], sizes[1:], acts, strict=True)]
     return _finish(SpikingNet(*mods), init, seed)
 
 
@@ -78,12 +88,14 @@ def cnn(
     classes: int = 10,
     init: str = "paper",
     seed: int | None = None,
+    spiking: bool = True,
     **neuron,
 ) -> SpikingNet:
     """The paper's CNN, 28×28-15C5-P2-40C5-P2-300-10, by default.
 
     Each ``C`` is a 'same'-padded conv + LIF, each ``P2`` a 2×2 average pooling of spikes.
     Input spikes ``[T, B, in_channels, image_size, image_size]``; output ``[T, B, classes]``.
+    ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output).
     """
     _check_neuron("cnn", neuron)
     if kernel_size % 2 == 0:
@@ -91,17 +103,21 @@ def cnn(
     size = image_size
     mods: list[nn.Module] = []
     prev = in_channels
+    dims_count = len(channels) + len(hidden) + 1
+    acts = iter(_activations(dims_count, spiking))
     for c in channels:
         if size < 2:
             raise StbpError(f"cnn: image_size {image_size} is too small for {len(channels)} pools")
         mods += [
-            layers.Conv2d(prev, c, kernel_size, padding=kernel_size // 2, **neuron),
+            layers.Conv2d(prev, c, kernel_size, padding=kernel_size // 2, activation=next(acts),
+                          **neuron),
             layers.AvgPool2d(2),
         ]
         prev, size = c, size // 2
     mods.append(layers.Flatten())
     dims = [prev * size * size, *hidden, classes]
-    mods += [layers.Linear(a, b, **neuron) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    mods += [layers.Linear(a, b, activation=next(acts), **neuron)
+             for a, b in zip(dims[:-1], dims[1:], strict=True)]
     return _finish(SpikingNet(*mods), init, seed)
 
 

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from stbp import distributed
-from stbp.config import DATASETS, to_toml, validate
-from stbp.data.splits import Split, load_splits
+from stbp.config import dataset_info, to_toml, validate
+from stbp.data.splits import Split, load_splits, resolve_dataset
 from stbp.errors import StbpError
 from stbp.loss import get_loss, predict
 from stbp.models import SpikingNet, build
@@ -44,8 +44,11 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
     """The network described by a validated config's [model] and [neuron] tables."""
     model = dict(cfg["model"])
     kind = model.pop("kind")
+    ds = dataset_info(cfg["data"])
+    if ds["classes"] is None:
+        raise StbpError("the folder dataset's classes are not known yet; resolve the config first "
+                        "(stbp.data.splits.resolve_dataset)")
     if kind == "cnn":
-        ds = DATASETS[cfg["data"]["dataset"]]
         model.update(in_channels=ds["input"][0], image_size=ds["input"][1], classes=ds["classes"])
     return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
 
@@ -133,11 +136,12 @@ def _loss(tcfg: dict[str, Any]):
 
 def _describe(cfg: dict[str, Any]) -> str:
     m = cfg["model"]
+    what = "" if m.get("spiking", True) else "non-spiking "
     if m["kind"] == "mlp":
-        return "MLP " + "-".join(str(s) for s in m["sizes"])
+        return what + "MLP " + "-".join(str(s) for s in m["sizes"])
     k, chans, hidden = m.get("kernel_size", 5), m.get("channels", [15, 40]), m.get("hidden", [300])
-    ds = DATASETS[cfg["data"]["dataset"]]
-    return "CNN " + "-".join(
+    ds = dataset_info(cfg["data"])
+    return what + "CNN " + "-".join(
         ["x".join(str(d) for d in ds["input"][1:])] + [f"{c}C{k}-P2" for c in chans]
         + [str(h) for h in hidden] + [str(ds["classes"])]
     )
@@ -214,6 +218,7 @@ def train(
         raise StbpError(f"--nproc {nproc}: [train] batch_size = {cfg['train']['batch_size']} "
                         "must be at least the number of processes")
     group = distributed.current()
+    cfg = resolve_dataset(cfg, data_dir)  # a folder dataset: absolute path, class names
     out = Path(out)
     last_path, best_path = out / "last.pt", out / "best.pt"
     limits = {"limit_train": limit_train, "limit_eval": limit_eval}
@@ -339,11 +344,12 @@ def train(
         if not main:  # rank 0 evaluates and writes; the others wait for the next epoch
             group.barrier()
             continue
-        val_spikes = torch.zeros(DATASETS[cfg["data"]["dataset"]]["classes"])
+        val_spikes = torch.zeros(dataset_info(cfg["data"])["classes"])
         val_acc = evaluate(model, val_split, steps, seed=seed, output_spikes=val_spikes, **ev)
         test_acc = evaluate(model, test_split, steps, seed=seed + 1, **ev)
         seconds += time.perf_counter() - t0
-        silent = [int(k) for k in torch.nonzero(val_spikes == 0).flatten()]
+        silent = ([int(k) for k in torch.nonzero(val_spikes == 0).flatten()]
+                  if cfg["model"]["spiking"] else [])
         record = {
             "epoch": epoch, "train_loss": tot_loss / seen, "train_acc": 100 * tot_correct / seen,
             "val_acc": val_acc, "test_acc": test_acc, "lr": lr_used,

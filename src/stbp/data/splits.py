@@ -29,7 +29,8 @@ from stbp.augment import random_shift
 from stbp.data.mnist import MNISTSplit
 from stbp.errors import StbpError
 
-__all__ = ["ImageSplit", "FrameSplit", "Split", "load_splits", "locate", "validation_count"]
+__all__ = ["ImageSplit", "FrameSplit", "Split", "load_splits", "locate", "validation_count",
+           "resolve_dataset"]
 
 
 @dataclass
@@ -132,9 +133,31 @@ def validation_count(validation: int | float, n_train: int, source: str) -> int:
     return count
 
 
+def resolve_dataset(cfg: dict[str, Any], data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A folder dataset's config with its path made absolute (``data_dir``, if given, replaces
+    it) and its class names filled in from the folder (a validated copy); other configs as they
+    are. A run saves the resolved config, so its network's shape is known without the data."""
+    data = cfg["data"]
+    if data["dataset"] != "folder":
+        return cfg
+    from stbp.config import validate
+    from stbp.data.folder import list_classes
+
+    path = Path(data_dir if data_dir is not None else data["path"]).resolve()
+    classes = list_classes(path, data.get("classes"))
+    out = {**cfg, "data": {**data, "path": str(path), "classes": classes}}
+    return validate(out, f"[data] path = {str(path)!r} with classes {classes}")
+
+
 def locate(cfg: dict[str, Any], data_dir: str | os.PathLike | None = None) -> Path:
     """The folder the configured dataset is read from (checked; nothing is loaded yet)."""
     dataset = cfg["data"]["dataset"]
+    if dataset == "folder":
+        from stbp.data.folder import folder_layout
+
+        folder = Path(data_dir if data_dir is not None else cfg["data"]["path"])
+        folder_layout(folder)
+        return folder
     if dataset == "mnist":
         from stbp.data.mnist import locate_mnist
 
@@ -160,6 +183,13 @@ def load_splits(
     """``{"train", "val", "test"}`` splits for a validated config, and the folder they came from."""
     data = cfg["data"]
     folder = locate(cfg, data_dir)
+    if data["dataset"] == "folder":
+        from stbp.data.folder import load_folder
+
+        raw, _ = load_folder(folder, size=data["size"], color=data["color"],
+                             classes=data.get("classes"), validation=data["validation"],
+                             test=data["test"], split_seed=data["split_seed"])
+        return {k: ImageSplit(x, y) for k, (x, y) in raw.items()}, folder
     if data["dataset"] == "mnist":
         from stbp.config import DATASETS
         from stbp.data.mnist import load_mnist

@@ -1,0 +1,366 @@
+"""Object detection with a trained two-class (object / background) network: sliding windows,
+non-maximum suppression, and the average precision of the result.
+
+The paper's third experiment trains STBP to tell object windows from background. To turn that
+classifier into a detector, :class:`Detector` slides square windows of a few sizes
+(``scales``, pixels) over an image with a step of ``stride × side``, crops and resizes each to the
+network's input size with :func:`stbp.data.scenes.crop_resize` (the function that made the
+training windows), encodes them as the run was trained (Bernoulli rate coding or direct
+input, fixed seed) and scores each window from the output firing rates:
+``score = (max over object classes of rate − rate of the background class + 1) / 2``, in [0, 1]
+for a spiking network. :func:`nms` then keeps the best-scoring window of every group that
+overlaps by more than ``nms_iou``, and :func:`box_vote` (on by default) refines each kept window:
+its box becomes the score-weighted mean of the windows it suppressed (and itself), its score
+the mean of its own score and theirs. Voting matters for a spiking network, whose firing rates
+saturate: many windows around a digit score exactly 1, and plain NMS would pick one of them at
+random — the choice was made on the validation scenes (docs/results.md).
+:func:`average_precision` is the VOC all-point AP at an IoU threshold (0.5 for "mAP@0.5"; with
+one object class, mAP = AP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stbp.data.scenes import SceneSpec, box_iou, crop_resize
+from stbp.errors import StbpError
+from stbp.loss import firing_rate
+
+__all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
+           "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
+
+DEFAULT_SCALES: tuple[int, ...] = SceneSpec().window_scales
+DEFAULT_STRIDE = 0.25
+_DETECT_SEED = 4_000_037
+
+
+def _check_windows(scales: tuple[int, ...] | list[int], stride: float) -> None:
+    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
+        raise StbpError(f"window scales must be integers >= 1, got {scales!r}")
+    if not 0 < stride <= 1:
+        raise StbpError(f"window stride must be a fraction of the window side in (0, 1], got {stride!r}")
+
+
+def window_grid(height: int, width: int, scales: tuple[int, ...] | list[int], stride: float) -> np.ndarray:
+    """Square windows ``[K, 4]`` (``[x0, y0, x1, y1]``) of each side in ``scales`` that fits the
+    image, every ``max(1, round(stride · side))`` pixels, the last row/column flush with the
+    border."""
+    _check_windows(scales, stride)
+    boxes = []
+    for side in sorted(set(scales)):
+        if side > height or side > width:
+            continue
+        step = max(1, int(round(stride * side)))
+        xs = sorted(set(range(0, width - side + 1, step)) | {width - side})
+        ys = sorted(set(range(0, height - side + 1, step)) | {height - side})
+        boxes += [[x, y, x + side, y + side] for y in ys for x in xs]
+    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the kept boxes, best score first (ties: the
+    lower index first); a box is dropped if its IoU with a kept box exceeds ``iou``."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(boxes) != len(scores):
+        raise StbpError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    keep: list[int] = []
+    suppressed = np.zeros(len(scores), bool)
+    overlaps = box_iou(boxes, boxes) if len(boxes) else np.zeros((0, 0))
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= overlaps[i] > iou
+    return np.asarray(keep, dtype=np.int64)
+
+
+def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
+             iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Refine the boxes ``keep`` that :func:`nms` kept: each becomes the score-weighted mean of
+    the boxes overlapping it by more than ``iou`` (itself included; rounded to pixels), with
+    score (its own + the mean score of that group) / 2 — so that among windows tied at the top
+    score, the ones with better-supported surroundings rank first. Returns (boxes ``[K, 4]``
+    int64, scores ``[K]``)."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    if not len(keep):
+        return np.zeros((0, 4), np.int64), np.zeros(0)
+    overlaps = box_iou(boxes[keep], boxes)
+    out_boxes, out_scores = [], []
+    for row, k in enumerate(keep):
+        members = overlaps[row] > iou
+        members[k] = True
+        w = scores[members]
+        if w.sum() > 0:
+            box = (boxes[members] * w[:, None]).sum(axis=0) / w.sum()
+        else:
+            box = boxes[k]
+        out_boxes.append(np.rint(box).astype(np.int64))
+        out_scores.append((scores[k] + w.mean()) / 2)
+    return np.stack(out_boxes), np.asarray(out_scores)
+
+
+def match(detections: list[tuple[int, float, list[int]]], truths: list[np.ndarray],
+          iou: float = 0.5) -> tuple[list[int], list[int | None]]:
+    """VOC matching: detections ranked by score (ties: the order given); each is matched to the
+    not-yet-matched ground-truth box of its image with the highest IoU, if that IoU is ≥ ``iou``.
+    Returns the ranking (indices into ``detections``) and, per rank, the matched box's index
+    (None for a false positive)."""
+    order = sorted(range(len(detections)), key=lambda k: -detections[k][1])
+    matched = [np.zeros(len(t), bool) for t in truths]
+    hits: list[int | None] = []
+    for k in order:
+        img, _, box = detections[k]
+        gts = truths[img]
+        hit = None
+        if len(gts):
+            ious = box_iou([box], gts)[0]
+            ious[matched[img]] = -1
+            j = int(np.argmax(ious))
+            if ious[j] >= iou:
+                matched[img][j] = True
+                hit = j
+        hits.append(hit)
+    return order, hits
+
+
+def average_precision(detections: list[tuple[int, float, list[int]]],
+                      truths: list[np.ndarray], iou: float = 0.5) -> float:
+    """VOC all-point average precision. ``detections``: (image index, score, box); ``truths``:
+    the ground-truth boxes ``[K, 4]`` of each image; detections are matched by :func:`match`.
+    NaN if there is no ground-truth box."""
+    n_truth = sum(len(t) for t in truths)
+    if n_truth == 0:
+        return float("nan")
+    order, hits = match(detections, truths, iou)
+    tp = np.asarray([h is not None for h in hits], dtype=np.float64)
+    ctp = np.cumsum(tp)
+    recall = ctp / n_truth
+    precision = ctp / np.arange(1, len(order) + 1)
+    # all-point interpolation: precision made monotone from the right, summed over recall steps
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+@dataclass
+class Detection:
+    """A box ``[x0, y0, x1, y1]`` (pixels, exclusive ends), its score and class name."""
+
+    box: list[int]
+    score: float
+    label: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"box": self.box, "score": round(self.score, 6), "class": self.label}
+
+
+class Detector:
+    """A trained run's network used as a sliding-window detector (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any], *, background: str = "background",
+                 scales: tuple[int, ...] | list[int] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
+                 vote: bool = True, batch_size: int = 1000) -> None:
+        data = cfg["data"]
+        classes = data.get("classes") if data["dataset"] == "folder" else [str(i) for i in range(10)]
+        if background not in classes:
+            raise StbpError(f"the run's classes are {', '.join(classes)}; none is the background class "
+                            f"{background!r} (a detector needs an object/background run, e.g. one "
+                            "trained on `stbp scenes` windows; see --background)")
+        _check_windows(list(scales), stride)
+        self.model = model.eval()
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.background = self.classes.index(background)
+        self.scales, self.stride, self.vote = tuple(scales), float(stride), bool(vote)
+        self.size = data["size"] if data["dataset"] == "folder" else 28
+        self.color = data.get("color", "gray")
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", **kwargs) -> Detector:
+        """The detector of a run directory written by ``stbp train`` (its best-validation model)."""
+        from stbp.train import _model_from_checkpoint, load_checkpoint
+
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise StbpError(f"--run {run_dir}: no such directory")
+        if checkpoint not in ("best", "last"):
+            raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
+        path = run_dir / f"{checkpoint}.pt"
+        ckpt = load_checkpoint(path)
+        model, cfg = _model_from_checkpoint(ckpt, path)
+        if cfg["data"]["dataset"] != "folder" or cfg["encoding"]["kind"] == "events":
+            raise StbpError(f"--run {run_dir}: trained on {cfg['data']['dataset']}; a detector needs a "
+                            "run trained on an image folder of object and background windows "
+                            "(stbp train --dataset folder:PATH)")
+        return cls(model, cfg, **kwargs)
+
+    def read(self, path: str | os.PathLike) -> np.ndarray:
+        """An image as the network expects it: uint8 ``[C, H, W]`` at its own size; an image
+        smaller than the smallest window is an error."""
+        from stbp.data.folder import read_image
+
+        img = read_image(path, color=self.color)
+        h, w = img.shape[-2:]
+        if min(h, w) < min(self.scales):
+            raise StbpError(f"image {path}: {w}x{h} is smaller than the smallest window "
+                            f"({min(self.scales)}x{min(self.scales)}); use smaller --scales")
+        return img
+
+    @torch.no_grad()
+    def score_windows(self, image: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every window of ``image`` (uint8 ``[C, H, W]``): boxes ``[K, 4]``, scores ``[K]`` and the
+        index of the best object class ``[K]``."""
+        from stbp.data.splits import ImageSplit
+        from stbp.train import _gen, autocast
+
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[None]
+        boxes = window_grid(image.shape[-2], image.shape[-1], self.scales, self.stride)
+        if not len(boxes):
+            return boxes, np.zeros(0), np.zeros(0, np.int64)
+        windows = ImageSplit(crop_resize(image, boxes, self.size), torch.zeros(len(boxes), dtype=torch.long))
+        steps, kind = self.cfg["encoding"]["steps"], self.cfg["encoding"]["kind"]
+        gen = _gen(_DETECT_SEED, seed)
+        rates = []
+        for start in range(0, len(boxes), self.batch_size):
+            idx = torch.arange(start, min(start + self.batch_size, len(boxes)))
+            x = windows.inputs(idx, steps=steps, kind=kind, generator=gen)
+            with autocast(self.cfg["train"]["precision"]):
+                rates.append(firing_rate(self.model(x)).float())
+        rate = torch.cat(rates).numpy()
+        objects = [i for i in range(len(self.classes)) if i != self.background]
+        best = np.asarray(objects)[np.argmax(rate[:, objects], axis=1)]
+        score = (rate[np.arange(len(rate)), best] - rate[:, self.background] + 1) / 2
+        return boxes, score.astype(np.float64), best
+
+    def detect(self, image: np.ndarray, *, min_score: float = 0.5, nms_iou: float = 0.3,
+               seed: int = 0) -> list[Detection]:
+        """Boxes after non-maximum suppression (and :func:`box_vote`, unless ``vote=False``)
+        with ``score >= min_score``, best first."""
+        return self.select(*self.score_windows(image, seed=seed), min_score=min_score, nms_iou=nms_iou)
+
+    def select(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, min_score: float = 0.5,
+               nms_iou: float = 0.3, vote: bool | None = None) -> list[Detection]:
+        """The detections among scored windows (:meth:`score_windows`): NMS, box voting
+        (``vote``, default: the detector's setting), then ``score >= min_score``, best first."""
+        keep = nms(boxes, scores, nms_iou)
+        labels = labels[keep]
+        if self.vote if vote is None else vote:
+            boxes, scores = box_vote(boxes, scores, keep, nms_iou)
+        else:
+            boxes, scores = boxes[keep], scores[keep]
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        return [Detection(boxes[i].tolist(), float(scores[i]), self.classes[labels[i]])
+                for i in order if scores[i] >= min_score]
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def annotate(image: np.ndarray, detections: list[Detection]) -> bytes:
+    """A PNG (bytes) of the image with each detection drawn as a red box with its score."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    arr = np.asarray(image)
+    arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    img = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for d in detections:
+        x0, y0, x1, y1 = d.box
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40))
+        draw.text((x0 + 1, y0), f"{d.score:.2f}", fill=(255, 255, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_detections(detector: Detector, images: list[str | os.PathLike], out: str | os.PathLike, *,
+                     min_score: float = 0.5, nms_iou: float = 0.3) -> list[dict[str, Any]]:
+    """Detect in every image; write ``out/<name>.json`` (boxes, scores, classes) and
+    ``out/<name>.png`` (annotated) for each. Every image is read and checked before anything is
+    written, and each file is written whole (``.part`` then renamed)."""
+    if not images:
+        raise StbpError("stbp detect: give at least one IMAGE (or --scenes DIR to evaluate)")
+    paths = [Path(p) for p in images]
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems:
+            raise StbpError(f"images {stems[p.stem]} and {p} would write the same {p.stem}.json; "
+                            "rename one or run them separately")
+        stems[p.stem] = p
+    loaded = [detector.read(p) for p in paths]
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StbpError(f"--out {out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, (path, img) in enumerate(zip(paths, loaded, strict=True)):
+        dets = detector.detect(img, min_score=min_score, nms_iou=nms_iou, seed=i)
+        record = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]),
+                  "detections": [d.to_json() for d in dets],
+                  "settings": {"scales": list(detector.scales), "stride": detector.stride,
+                               "vote": detector.vote, "min_score": min_score, "nms_iou": nms_iou}}
+        _atomic_bytes(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
+        _atomic_bytes(out / f"{path.stem}.png", annotate(img, dets))
+        results.append(record)
+    return results
+
+
+def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou: float = 0.3,
+                    iou: float = 0.5, limit: int | None = None) -> dict[str, Any]:
+    """AP at IoU ``iou`` of the detector on a scene folder with ``boxes.json`` (``stbp scenes``):
+    every window scored, NMS (and box voting, as the detector is set), all remaining boxes ranked
+    by score. ``ap_other`` is the AP with box voting switched the other way, from the same
+    window scores."""
+    from stbp.data.scenes import load_scenes
+
+    scenes = load_scenes(scene_dir)[:limit]
+    truths: list[np.ndarray] = []
+    dets: dict[bool, list[tuple[int, float, list[int]]]] = {True: [], False: []}
+    names: list[str] = []
+    for i, rec in enumerate(scenes):
+        img = detector.read(rec["image"])
+        truths.append(np.asarray(rec["boxes"], np.int64).reshape(-1, 4))
+        scored = detector.score_windows(img, seed=i)
+        for vote in (True, False):
+            found = detector.select(*scored, min_score=0.0, nms_iou=nms_iou, vote=vote)
+            dets[vote] += [(i, d.score, d.box) for d in found]
+            if vote == detector.vote:
+                names += [d.label for d in found]
+    mine = dets[detector.vote]
+    extra: dict[str, Any] = {}
+    if all(isinstance(r.get("digits"), list) and len(r["digits"]) == len(r["boxes"]) for r in scenes) \
+            and any(c.startswith("digit-") for c in detector.classes):
+        # a detector that names the digit: how often a found digit (IoU >= iou) is named right
+        order, hits = match(mine, truths, iou)
+        pairs = [(names[k], scenes[mine[k][0]]["digits"][h]) for k, h in zip(order, hits, strict=True)
+                 if h is not None]
+        right = sum(n == f"digit-{d}" for n, d in pairs)
+        extra["digit_accuracy"] = right / len(pairs) if pairs else float("nan")
+        extra["digits_found"] = len(pairs)
+    return {**extra, "ap": average_precision(mine, truths, iou),
+            "ap_other": average_precision(dets[not detector.vote], truths, iou),
+            "iou": iou, "scenes": len(scenes),
+            "objects": int(sum(len(t) for t in truths)), "detections": len(mine), "nms_iou": nms_iou,
+            "vote": detector.vote, "scales": list(detector.scales), "stride": detector.stride}
