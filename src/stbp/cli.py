@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="the seed every scene follows from (default 0)")
     s.add_argument("--train", type=int, default=600, help="training scenes (default 600)")
     s.add_argument("--val", type=int, default=100, help="validation scenes (default 100)")
-    s.add_argument("--test", type=int, default=200, help="test scenes (default 200)")
+    s.add_argument("--test", type=int, default=100, help="test scenes (default 100)")
     s.add_argument("--labels", choices=["object", "digit"], default="object",
                    help="object windows as one class 'object' (the paper's two-class task, default) "
                    "or by digit, digit-0 ... digit-9 (a detector that names the digit)")
