@@ -183,3 +183,14 @@ def test_cli_export(tiny_runs, tmp_path, capsys):
     assert main(["export", "--run", str(tiny_runs["cnn"]), "--out",
                  str(tmp_path / "missing" / "x.nir")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_non_spiking_network_is_refused():
+    from stbp import layers
+    from stbp.models import SpikingNet
+
+    ann = SpikingNet(layers.Flatten(), layers.Linear(4, 3, activation="relu"))
+    with pytest.raises(StbpError, match="layer 1 is not spiking"):
+        to_nir(ann, (4,))
+    got = trace(ann, torch.rand(2, 1, 4))["layers"][0]
+    assert torch.equal(got["membrane"], got["spikes"])

@@ -120,6 +120,9 @@ def to_nir(
                 x = mod(x)
                 continue
             if isinstance(mod, (layers.Linear, layers.Conv2d)):
+                if not isinstance(mod.neuron, layers.LIF):
+                    raise StbpError(f"to_nir: layer {i} is not spiking ({mod.neuron.activation}); "
+                                    "NIR export covers spiking networks")
                 syn = mod.synapse
                 w = syn.weight.detach().float().numpy().copy()
                 b = None if syn.bias is None else syn.bias.detach().float().numpy().copy()

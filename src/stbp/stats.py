@@ -181,7 +181,7 @@ def trace(model: nn.Module, x: Tensor) -> dict[str, Any]:
     outputs: dict[nn.Module, Tensor] = {}
     handles = [m.register_forward_hook(lambda mod, _i, out: outputs.__setitem__(mod, out))
                for m in mods]
-    neurons = [m.neuron for m in mods]
+    neurons = [m.neuron for m in mods if isinstance(m.neuron, layers.LIF)]
     was_training = model.training
     try:
         model.eval()
@@ -192,7 +192,9 @@ def trace(model: nn.Module, x: Tensor) -> dict[str, Any]:
             "input": x.detach().clone(),
             "layers": [
                 {"name": layer_name(m), "spikes": outputs[m].detach().float(),
-                 "membrane": m.neuron.membrane.detach().float()}
+                 # a non-spiking layer (the ANN baseline) has no membrane: its output stands in
+                 "membrane": (m.neuron.membrane if isinstance(m.neuron, layers.LIF)
+                              else outputs[m]).detach().float()}
                 for m in mods
             ],
         }
