@@ -217,12 +217,9 @@ def _plot(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from stbp.config import DATASETS
     from stbp.export import DEFAULT_DT, to_nir, write_nir
-    from stbp.train import _model_from_checkpoint, load_checkpoint
+    from stbp.train import load_run
 
-    path = Path(args.run) / f"{args.checkpoint}.pt"
-    if not Path(args.run).is_dir():
-        raise StbpError(f"--run {args.run}: no such directory")
-    model, cfg = _model_from_checkpoint(load_checkpoint(path), path)
+    model, cfg, _, _ = load_run(args.run, args.checkpoint)
     shape = (tuple(DATASETS[cfg["data"]["dataset"]]["input"]) if cfg["model"]["kind"] == "cnn"
              else (cfg["model"]["sizes"][0],))
     dt = DEFAULT_DT if args.dt is None else args.dt

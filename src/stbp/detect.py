@@ -193,16 +193,9 @@ class Detector:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", **kwargs) -> Detector:
         """The detector of a run directory written by ``stbp train`` (its best-validation model)."""
-        from stbp.train import _model_from_checkpoint, load_checkpoint
+        from stbp.train import load_run
 
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise StbpError(f"--run {run_dir}: no such directory")
-        if checkpoint not in ("best", "last"):
-            raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
-        path = run_dir / f"{checkpoint}.pt"
-        ckpt = load_checkpoint(path)
-        model, cfg = _model_from_checkpoint(ckpt, path)
+        model, cfg, _, _ = load_run(run_dir, checkpoint)
         if cfg["data"]["dataset"] != "folder" or cfg["encoding"]["kind"] == "events":
             raise StbpError(f"--run {run_dir}: trained on {cfg['data']['dataset']}; a detector needs a "
                             "run trained on an image folder of object and background windows "

@@ -220,24 +220,15 @@ def plot_run(
     from stbp.data.splits import load_splits
     from stbp.loss import predict
     from stbp.stats import FiringMonitor, trace
-    from stbp.train import _EVAL_SEED, _gen, _model_from_checkpoint, evaluate, load_checkpoint
+    from stbp.train import _EVAL_SEED, _gen, evaluate, load_run
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise StbpError(f"--run {run_dir}: no such directory")
-    if checkpoint not in ("best", "last"):
-        raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if limit_eval is not None and limit_eval < 1:
         raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
     if sample < 0:
         raise StbpError(f"--sample must be >= 0, got {sample}")
+    model, cfg, ckpt, data_dir = load_run(run_dir, checkpoint, data_dir)
     history = read_history(run_dir)
-    ckpt_path = run_dir / f"{checkpoint}.pt"
-    ckpt = load_checkpoint(ckpt_path)
-    model, cfg = _model_from_checkpoint(ckpt, ckpt_path)
-    saved = ckpt.get("data_dir")
-    if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
-        data_dir = saved
     test = load_splits(cfg, data_dir)[0]["test"]
     if sample >= len(test):
         raise StbpError(f"--sample {sample}: the test split has {len(test)} samples")

@@ -312,7 +312,7 @@ def _firing(out: Path, slug: str, seed: int, limit: int | None, data_dir) -> dic
     """Firing statistics of one run's best model on the first ``limit`` test images (cached)."""
     from stbp.data.splits import load_splits
     from stbp.stats import FiringMonitor
-    from stbp.train import _model_from_checkpoint, evaluate, load_checkpoint
+    from stbp.train import evaluate, load_run
 
     run_dir = out / "runs" / slug / f"seed{seed}"
     cache = run_dir / "firing.json"
@@ -320,8 +320,7 @@ def _firing(out: Path, slug: str, seed: int, limit: int | None, data_dir) -> dic
         return json.loads(cache.read_text())
     if not (run_dir / "best.pt").is_file():
         return None
-    ckpt = load_checkpoint(run_dir / "best.pt")
-    model, cfg = _model_from_checkpoint(ckpt, run_dir / "best.pt")
+    model, cfg, _, _ = load_run(run_dir)
     test = load_splits(cfg, data_dir)[0]["test"].subset(limit)
     with FiringMonitor(model) as mon:
         evaluate(model, test, cfg["encoding"]["steps"], seed=seed + 1,
@@ -337,7 +336,7 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     """Write ``OUT/report.md`` and ``OUT/figures/*.png`` from the finished runs in ``out``."""
     from stbp import plots
     from stbp.stats import trace
-    from stbp.train import _EVAL_SEED, _gen, _model_from_checkpoint, load_checkpoint
+    from stbp.train import _EVAL_SEED, _gen, load_run
 
     out = Path(out)
     path = out / MANIFEST
@@ -457,8 +456,7 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     if (base / "best.pt").is_file():
         from stbp.data.splits import load_splits
 
-        ckpt = load_checkpoint(base / "best.pt")
-        model, cfg = _model_from_checkpoint(ckpt, base / "best.pt")
+        model, cfg, _, _ = load_run(base)
         test = load_splits(cfg, data_dir)[0]["test"]
         x = test.inputs(torch.tensor([0]), steps=cfg["encoding"]["steps"], generator=_gen(_EVAL_SEED, 0))
         label0 = int(test.labels[0])

@@ -27,7 +27,7 @@ from stbp.loss import get_loss, predict
 from stbp.models import SpikingNet, build
 from stbp.stats import FiringMonitor
 
-__all__ = ["build_model", "train", "evaluate", "eval_run", "load_checkpoint"]
+__all__ = ["build_model", "train", "evaluate", "eval_run", "load_checkpoint", "load_run"]
 
 CHECKPOINT_FORMAT = "stbp-checkpoint-v1"
 _EVAL_SEED = 2_000_003  # spike trains for val/test are fixed across epochs and runs of a seed
@@ -184,6 +184,26 @@ def _model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[SpikingNet
     except (RuntimeError, KeyError, TypeError) as err:
         raise StbpError(f"checkpoint {path}: weights do not fit the saved model ({err})") from None
     return model, cfg
+
+
+def load_run(
+    run_dir: str | os.PathLike, checkpoint: str = "best", data_dir: str | os.PathLike | None = None
+) -> tuple[SpikingNet, dict[str, Any], dict[str, Any], str | os.PathLike | None]:
+    """A run directory's model (best or last checkpoint), its config, the checkpoint, and the
+    data folder to use: ``data_dir`` if given, else the one the run was trained on if it still
+    exists (else ``None``: the usual lookup)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StbpError(f"--run {run_dir}: no such directory")
+    if checkpoint not in ("best", "last"):
+        raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    path = run_dir / f"{checkpoint}.pt"
+    ckpt = load_checkpoint(path)
+    model, cfg = _model_from_checkpoint(ckpt, path)
+    saved = ckpt.get("data_dir")
+    if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
+        data_dir = saved  # the data the run was trained on
+    return model, cfg, ckpt, data_dir
 
 
 def _log(msg: str) -> None:
@@ -429,19 +449,10 @@ def eval_run(
     The result also holds the firing statistics on the test split (:mod:`stbp.stats`): each
     layer's mean rate and synaptic operations per sample, next to a same-shape ANN's MACs.
     """
-    run_dir = Path(run_dir)
     if limit_eval is not None and limit_eval < 1:
         raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
-    if not run_dir.is_dir():
-        raise StbpError(f"--run {run_dir}: no such directory")
-    if checkpoint not in ("best", "last"):
-        raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    path = run_dir / f"{checkpoint}.pt"
-    ckpt = load_checkpoint(path)
-    model, cfg = _model_from_checkpoint(ckpt, path)
-    saved = ckpt.get("data_dir")
-    if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
-        data_dir = saved  # the data the run was trained on
+    model, cfg, ckpt, data_dir = load_run(run_dir, checkpoint, data_dir)
+    path = Path(run_dir) / f"{checkpoint}.pt"
     data, _ = load_splits(cfg, data_dir)
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
