@@ -93,6 +93,7 @@ def accuracy_curves(
             ax.fill_between(x, values.min(0).values.numpy(), values.max(0).values.numpy(), alpha=0.2,
                             color=line.get_color())
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel({"val_acc": "validation accuracy (%)", "test_acc": "test accuracy (%)",
                    "train_acc": "training accuracy (%)"}.get(metric, metric))
     ax.grid(alpha=0.3)
@@ -247,6 +248,8 @@ def plot_run(
         a1.axvline(ckpt["epoch"], color="gray", ls=":", lw=1, label=f"{checkpoint} (epoch "
                    f"{ckpt['epoch']})")
         a1.set_xlabel("epoch")
+        a1.xaxis.get_major_locator().set_params(integer=True)
+        a2.xaxis.get_major_locator().set_params(integer=True)
         a1.set_ylabel("accuracy (%)")
         a1.grid(alpha=0.3)
         a1.legend(fontsize=8)
