@@ -33,6 +33,7 @@ from torch import nn
 from stbp.data.scenes import SceneSpec, box_iou, crop_resize
 from stbp.errors import StbpError
 from stbp.loss import firing_rate
+from stbp.train import _atomic_write
 
 __all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
            "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
@@ -263,12 +264,6 @@ class Detector:
                 for i in order if scores[i] >= min_score]
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def annotate(image: np.ndarray, detections: list[Detection]) -> bytes:
     """A PNG (bytes) of the image with each detection drawn as a red box with its score."""
     import io
@@ -314,8 +309,8 @@ def write_detections(detector: Detector, images: list[str | os.PathLike], out: s
                   "detections": [d.to_json() for d in dets],
                   "settings": {"scales": list(detector.scales), "stride": detector.stride,
                                "vote": detector.vote, "min_score": min_score, "nms_iou": nms_iou}}
-        _atomic_bytes(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
-        _atomic_bytes(out / f"{path.stem}.png", annotate(img, dets))
+        _atomic_write(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
+        _atomic_write(out / f"{path.stem}.png", annotate(img, dets))
         results.append(record)
     return results
 

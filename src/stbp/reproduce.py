@@ -308,11 +308,11 @@ def _finished(out: Path, slug: str, seeds: list[int]) -> list[tuple[int, dict, l
     return got
 
 
-def _firing(out: Path, slug: str, seed: int, limit: int | None, data_dir) -> dict[str, Any] | None:
-    """Firing statistics of one run's best model on the first ``limit`` test images (cached)."""
-    from stbp.data.splits import load_splits
+def _firing(out: Path, slug: str, seed: int, limit: int | None, test_split) -> dict[str, Any] | None:
+    """Firing statistics of one run's best model on the first ``limit`` test images (cached);
+    ``test_split()`` gives the MNIST test split (the same images for every setting)."""
     from stbp.stats import FiringMonitor
-    from stbp.train import evaluate, load_run
+    from stbp.train import _atomic_write, evaluate, load_run
 
     run_dir = out / "runs" / slug / f"seed{seed}"
     cache = run_dir / "firing.json"
@@ -321,22 +321,20 @@ def _firing(out: Path, slug: str, seed: int, limit: int | None, data_dir) -> dic
     if not (run_dir / "best.pt").is_file():
         return None
     model, cfg, _, _ = load_run(run_dir)
-    test = load_splits(cfg, data_dir)[0]["test"].subset(limit)
     with FiringMonitor(model) as mon:
-        evaluate(model, test, cfg["encoding"]["steps"], seed=seed + 1,
+        evaluate(model, test_split().subset(limit), cfg["encoding"]["steps"], seed=seed + 1,
                  encoding_kind=cfg["encoding"]["kind"], precision=cfg["train"]["precision"])
     firing = mon.summary()
-    tmp = cache.with_name("firing.json.part")
-    tmp.write_text(json.dumps(firing, indent=2) + "\n")
-    os.replace(tmp, cache)
+    _atomic_write(cache, json.dumps(firing, indent=2) + "\n")
     return firing
 
 
 def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = None) -> Path:
     """Write ``OUT/report.md`` and ``OUT/figures/*.png`` from the finished runs in ``out``."""
     from stbp import plots
+    from stbp.data.splits import load_splits
     from stbp.stats import trace
-    from stbp.train import _EVAL_SEED, _gen, load_run
+    from stbp.train import _EVAL_SEED, _atomic_write, _gen, load_run
 
     out = Path(out)
     path = out / MANIFEST
@@ -437,9 +435,16 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
               "non-spiking network of the same shape (one forward pass).", "",
               "| setting | rate, hidden | rate, output | spikes / image | SynOps / image "
               "| SynOps / ANN MAC |", "|---|---|---|---|---|---|"]
+    loaded: dict[str, Any] = {}
+
+    def test_split():  # read MNIST once, and only if a figure or table needs it
+        if "test" not in loaded:
+            loaded["test"] = load_splits(load_config(PRESET), data_dir)[0]["test"]
+        return loaded["test"]
+
     rates: dict[str, list[dict[str, Any]]] = {}
     for slug in configs:
-        firing = _firing(out, slug, seed0, limit, data_dir)
+        firing = _firing(out, slug, seed0, limit, test_split)
         if firing is None:
             continue
         label = _label(slug)
@@ -454,10 +459,8 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
 
     base = out / "runs" / "base" / f"seed{seed0}"
     if (base / "best.pt").is_file():
-        from stbp.data.splits import load_splits
-
         model, cfg, _, _ = load_run(base)
-        test = load_splits(cfg, data_dir)[0]["test"]
+        test = test_split()
         x = test.inputs(torch.tensor([0]), steps=cfg["encoding"]["steps"], generator=_gen(_EVAL_SEED, 0))
         label0 = int(test.labels[0])
         plots.raster(trace(model, x), figs / "raster.png", threshold=cfg["neuron"]["threshold"],
@@ -468,9 +471,7 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
                   f"(base setting, seed {seed0}, best-validation model).", "",
                   "![spike raster and membrane trace](figures/raster.png)", ""]
     report = out / "report.md"
-    tmp = report.with_name("report.md.part")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    _atomic_write(report, "\n".join(lines))
     return report
 
 

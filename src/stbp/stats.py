@@ -87,10 +87,11 @@ class _Counter:
         self.neurons = math.prod(output.shape[2:])
         self.spikes += float(output.detach().float().sum())
         nonzero = x != 0
-        self.events += float(nonzero.sum())
+        events = float(nonzero.sum())
+        self.events += events
         if isinstance(module, layers.Linear):
             lin = module.synapse
-            self.synops += float(nonzero.sum()) * lin.out_features
+            self.synops += events * lin.out_features
             self.macs += batch * lin.in_features * lin.out_features
         else:
             conv = module.synapse
