@@ -80,6 +80,16 @@ def test_snntorch_runs_our_graph_to_the_same_spikes(tiny_runs):
     assert torch.equal(want, got)
 
 
+@pytest.mark.parametrize("dt", [0, -1e-3, float("nan"), float("inf")])
+def test_bad_dt_is_refused(dt, tiny_runs, tmp_path, capsys):
+    with pytest.raises(StbpError, match="dt must be a finite number of seconds > 0"):
+        to_nir(mlp([5, 3], decay=0.1, threshold=0.5, seed=0), (5,), dt=dt)
+    assert main(["export", "--run", str(tiny_runs["mlp"]), "--out", str(tmp_path / "n.nir"),
+                 "--dt", str(dt)]) == 2
+    assert "dt must be" in capsys.readouterr().err
+    assert not (tmp_path / "n.nir").exists()
+
+
 def test_paper_reset_needs_approximate():
     net = mlp([5, 3], decay=0.1, threshold=0.5, reset="paper", seed=0)
     with pytest.raises(StbpError, match="reset E4"):
