@@ -120,11 +120,19 @@ def _neuron(activation: str, neuron: dict) -> nn.Module:
     return Analog(activation)
 
 
+def _events_allowed(neuron: nn.Module) -> bool:
+    """Event-driven synapses unless the layer is on the reference path (``backend="torch"``)."""
+    return not (isinstance(neuron, LIF) and neuron.params.backend == "torch")
+
+
 class Linear(nn.Module):
     """Fully connected synapses + LIF neurons: o^{t,n} = LIF(W o^{t,n-1} + b) for all t at once.
 
     Memory: a spiking input is kept for the backward as one byte per value
     (:mod:`stbp.functional.synapse`), and the membrane potentials take the current's place.
+    Spikes given as bytes (the trainer's Bernoulli input) run event-driven
+    (:mod:`stbp.functional.events`: the weight columns of the inputs that spiked are summed),
+    except on the reference path (``backend="torch"``), which keeps the dense matmul.
     ``activation="relu"``/``"identity"`` replaces the LIF by :class:`Analog` (the ANN baseline).
     """
 
@@ -144,7 +152,8 @@ class Linear(nn.Module):
         if _constant_in_time(x):  # direct input: the same current at every step, computed once
             current = self.synapse(x[0])
             return self.neuron(current.unsqueeze(0).expand(x.shape[0], *current.shape))
-        current = synapse.linear(x, self.synapse.weight, self.synapse.bias)
+        current = synapse.linear(x, self.synapse.weight, self.synapse.bias,
+                                 events=_events_allowed(self.neuron))
         return self.neuron.fire(current, overwrite=True)
 
 

@@ -9,6 +9,10 @@ summed, so no full-size float copy is ever made again. Any other input (analog i
 user's floats) is saved as it is. Gradients are those of ``F.linear`` / ``F.conv2d`` up to the
 order in which the chunks are summed.
 
+Spikes given as bytes (the trainer's Bernoulli input) go event-driven when that is faster
+(:mod:`stbp.functional.events`: the weight columns of the inputs that spiked are summed, and
+the spikes are kept as a sparse list); ``linear(..., events=False)`` keeps the dense matmul.
+
 Under ``torch.autocast`` (``[train] precision = "bf16"``) the forward runs in the autocast
 dtype like ``F.linear`` would, and the backward computes in that dtype too, summing the weight
 gradient chunks in float32.
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stbp.functional import events as _events
 from stbp.functional.lif_numba import HAVE_NUMBA, nb
 
 __all__ = ["linear", "conv2d", "pack", "unpack", "is_byte_spikes", "QUANTUM"]
@@ -231,8 +236,18 @@ def _tracks(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+           events: bool = True) -> Tensor:
+    """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value.
+
+    Byte spikes run event-driven (:func:`stbp.functional.events.linear`: the weight columns of
+    the inputs that spiked are summed) when that is faster; ``events=False`` forces the dense
+    matmul.
+    """
+    if events and is_byte_spikes(x):
+        out = _events.linear(x, weight, bias)
+        if out is not None:
+            return out
     if not _tracks(x, weight, bias):
         return _linear_forward(x, weight, bias)
     return _Linear.apply(x, weight, bias)

@@ -1,0 +1,186 @@
+"""Event-driven synapses for byte spikes: F.linear's current and gradients from summed columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stbp import encoding, models
+from stbp.functional import events, synapse
+from stbp.loss import rate_mse
+
+NEURON = dict(decay=0.1, threshold=0.5)
+
+
+def _bytes(*shape, rate=0.1, seed=0, high=1):
+    g = torch.Generator().manual_seed(seed)
+    on = torch.rand(*shape, generator=g) < rate
+    values = torch.randint(1, high + 1, shape, generator=g)
+    return (on * values).to(torch.uint8)
+
+
+def _grads(fn, x, w, b):
+    w = w.clone().requires_grad_()
+    b = None if b is None else b.clone().requires_grad_()
+    out = fn(x, w, b)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    out.backward(g)
+    return out.detach(), w.grad, None if b is None else b.grad
+
+
+def _reference(x, w, b):
+    return F.linear(x.to(w.dtype), w, b)
+
+
+@pytest.mark.parametrize("shape", [(30, 20, 97), (1, 1, 5), (7, 3, 40), (2, 64)])
+@pytest.mark.parametrize("high", [1, 5])  # spikes, and event counts up to 5
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_f_linear(shape, high, bias):
+    x = _bytes(*shape, high=high)
+    w = torch.randn(13, shape[-1])
+    b = torch.randn(13) if bias else None
+    ours = _grads(events.linear, x, w, b)
+    ref = _grads(_reference, x, w, b)
+    assert ours[0].shape == ref[0].shape and ours[0].dtype == torch.float32
+    for a, r in zip(ours, ref, strict=True):
+        assert (a is None) == (r is None)
+        if a is not None:
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_bool_float64_and_no_gradients():
+    x = _bytes(6, 4, 50).bool()
+    w = torch.randn(9, 50, dtype=torch.float64)
+    b = torch.randn(9, dtype=torch.float64)
+    ours = _grads(events.linear, x, w, b)
+    ref = _grads(_reference, x, w, b)
+    assert ours[0].dtype == torch.float64
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        out = events.linear(x, w.requires_grad_(), b)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, ref[0], rtol=1e-12, atol=1e-12)
+
+
+def test_silent_rows_inputs_and_all_silent():
+    x = _bytes(10, 30, rate=0.2)
+    x[3] = 0  # a row with no spike: the current is the bias
+    x[:, 5:9] = 0  # inputs that never spike: their weight gradient is zero
+    w, b = torch.randn(4, 30), torch.randn(4)
+    out, gw, gb = _grads(events.linear, x, w, b)
+    torch.testing.assert_close(out[3], b.expand(4))
+    assert torch.equal(gw[:, 5:9], torch.zeros(4, 4))
+    zeros = torch.zeros(5, 30, dtype=torch.uint8)
+    out, gw, _ = _grads(events.linear, zeros, w, b)
+    torch.testing.assert_close(out, b.expand(5, 4))
+    assert torch.equal(gw, torch.zeros_like(w))
+
+
+def test_many_rows_and_columns_use_wide_indices():
+    """Over 32,767 rows (or columns) the CSR's 2-byte indices widen; results stay exact."""
+    x = _bytes(33_000, 6, rate=0.05)
+    w, b = torch.randn(3, 6), torch.randn(3)
+    ours, ref = _grads(events.linear, x, w, b), _grads(_reference, x, w, b)
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
+    assert events.to_csr(x).transpose().index.dtype == np.int32
+    wide = _bytes(2, 33_000, rate=0.01)
+    assert events.to_csr(wide).index.dtype == np.int32
+    w = torch.randn(2, 33_000)
+    ours, ref = _grads(events.linear, wide, w, None), _grads(_reference, wide, w, None)
+    for a, r in zip(ours, ref, strict=True):
+        if a is not None:
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+def test_csr_round_trip_and_transpose():
+    x = _bytes(9, 11, rate=0.4, high=3)
+    c = events.to_csr(x)
+    dense = np.zeros((9, 11), np.uint8)
+    for r in range(9):
+        for j in range(c.indptr[r], c.indptr[r + 1]):
+            dense[r, c.index[j]] = c.value[j]
+    assert np.array_equal(dense, x.numpy()) and c.nnz == int((x > 0).sum())
+    t = c.transpose()
+    assert t.shape == (11, 9)
+    back = np.zeros((11, 9), np.uint8)
+    for r in range(11):
+        rows = t.index[t.indptr[r]:t.indptr[r + 1]]
+        assert np.all(np.diff(rows) > 0)  # rows in increasing order
+        back[r, rows] = t.value[t.indptr[r]:t.indptr[r + 1]]
+    assert np.array_equal(back, x.numpy().T)
+
+
+def test_dense_input_and_other_cases_fall_back():
+    w = torch.randn(3, 20)
+    assert events.linear(_bytes(5, 20, rate=0.6), w) is None  # denser than MAX_DENSITY
+    assert events.linear(torch.rand(5, 20), w) is None  # not bytes
+    assert events.linear(_bytes(0, 20), w) is None  # empty
+    assert events.linear(_bytes(5, 20), w.to(torch.bfloat16)) is None
+    assert events.linear(_bytes(5, 20), w, max_density=0.0) is None
+    # synapse.linear then runs the dense matmul, with the same result
+    x = _bytes(5, 20, rate=0.6)
+    torch.testing.assert_close(synapse.linear(x, w), _reference(x, w, None))
+
+
+def test_second_backward_with_retain_graph():
+    x = _bytes(4, 3, 30, rate=0.2)
+    w = torch.randn(5, 30, requires_grad=True)
+    out = events.linear(x, w)
+    out.sum().backward(retain_graph=True)
+    first = w.grad.clone()
+    out.sum().backward()
+    torch.testing.assert_close(w.grad, 2 * first)
+
+
+def test_synapse_dispatches_byte_spikes_unless_told_not_to(monkeypatch):
+    calls = []
+    real = events.linear
+    monkeypatch.setattr(events, "linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, w = _bytes(3, 2, 40), torch.randn(6, 40)
+    synapse.linear(x, w)
+    assert calls == [1]
+    synapse.linear(x, w, events=False)
+    synapse.linear(x.float(), w)
+    assert calls == [1]
+    # the reference path (backend="torch") keeps the dense matmul in the layers
+    models.mlp([40, 6], seed=0, backend="torch", **NEURON)(x)
+    assert calls == [1]
+    models.mlp([40, 6], seed=0, **NEURON)(x)
+    assert calls == [1, 1]
+
+
+def test_mnist_mlp_event_path_equals_dense_path(mnist):
+    """Real digits as Bernoulli bytes through the MLP 784-800-10: the event-driven first layer
+    gives the dense path's spikes and, after a few Adam steps, the same weights."""
+    images = mnist["train"].images[:64].float().div(255).flatten(1)
+    labels = mnist["train"].labels[:64]
+    x = encoding.bernoulli(images, 20, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    assert 0.05 < x.float().mean() < events.MAX_DENSITY  # MNIST's density: the event path runs
+    results = []
+    for use_events in (True, False):
+        net = models.mlp([784, 800, 10], seed=0, **NEURON)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        spikes, losses = [], []
+        for _ in range(3):
+            current = synapse.linear(x, net[1].synapse.weight, net[1].synapse.bias,
+                                     events=use_events)
+            hidden = net[1].neuron.fire(current, overwrite=True)
+            out = net[2](hidden)
+            loss = rate_mse(out, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            spikes.append(out.detach())
+            losses.append(loss.item())
+        results.append((spikes, losses, [p.detach().clone() for p in net.parameters()]))
+    (s1, l1, p1), (s2, l2, p2) = results
+    assert s1[0].sum() > 0
+    assert torch.equal(s1[0], s2[0])  # the first forward: identical spikes
+    np.testing.assert_allclose(l1, l2, rtol=1e-4)
+    for a, b in zip(p1, p2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
