@@ -118,13 +118,19 @@ def _snntorch_net(cfg: dict, seed: int) -> nn.Module:
 NETS = {"stbp": _stbp_net, "spikingjelly": _spikingjelly_net, "snntorch": _snntorch_net}
 
 
+def _inputs(lib: str, split, idx, steps: int):
+    """The frames as stbp's splits give them (bytes); the peers' layers want float32."""
+    x = split.inputs(idx, steps=steps)
+    return x if lib == "stbp" else x.float()
+
+
 @torch.no_grad()
-def _accuracy(net: nn.Module, split, steps: int) -> float:
+def _accuracy(lib: str, net: nn.Module, split, steps: int) -> float:
     net.eval()
     correct = 0
     for start in range(0, len(split), 500):
         idx = torch.arange(start, min(start + 500, len(split)))
-        correct += int((predict(net(split.inputs(idx, steps=steps))) == split.labels[idx]).sum())
+        correct += int((predict(net(_inputs(lib, split, idx, steps))) == split.labels[idx]).sum())
     return 100.0 * correct / len(split)
 
 
@@ -150,14 +156,14 @@ def run(lib: str, cfg: dict, splits: dict, seed: int) -> dict:
         t1 = time.perf_counter()
         for i in range(per_epoch):
             idx = order[i * batch : (i + 1) * batch]
-            loss = loss_fn(net(train.inputs(idx, steps=steps)), train.labels[idx])
+            loss = loss_fn(net(_inputs(lib, train, idx, steps)), train.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         train_s += time.perf_counter() - t1
-        val = _accuracy(net, splits["val"], steps)
-        test = _accuracy(net, splits["test"], steps)
+        val = _accuracy(lib, net, splits["val"], steps)
+        test = _accuracy(lib, net, splits["test"], steps)
         if val > best[0]:
             best = (val, epoch, test)
         print(f"  {lib} seed {seed} epoch {epoch}: val {val:.1f} test {test:.1f}", file=sys.stderr,

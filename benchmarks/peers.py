@@ -258,7 +258,7 @@ def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> di
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _run_case(case, kind, steps_t, args) -> dict | None:
+def _run_case(case, kind, steps_t, args, memory: bool = True) -> dict | None:
     """Time in one process, measure memory in another.
 
     Time: glibc's default allocator settings, as a user runs. Memory: a fixed mmap threshold
@@ -269,7 +269,7 @@ def _run_case(case, kind, steps_t, args) -> dict | None:
     most by up to 3x, so it is not used for the times.
     """
     timed = _worker(case, kind, steps_t, args, args.iters, args.warmup, {})
-    if timed is None or args.device != "cpu":
+    if timed is None or args.device != "cpu" or not memory:
         return timed
     mem = _worker(case, kind, steps_t, args, 2, 1, {"MALLOC_MMAP_THRESHOLD_": "65536"})
     if mem is None:
@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--iters", type=int, default=20, help="timed steps per case")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every case this many times, interleaved; report the median")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cnn", action="store_true", help="also benchmark the paper's CNN")
     ap.add_argument("--cases", help="comma-separated subset of " + ",".join(MLP_CASES))
@@ -350,23 +352,39 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             ap.error(f"--device {args.device}: torch finds no CUDA GPU")
         print(f"device: {torch.cuda.get_device_name()}; peak MB = GPU memory a step allocates")
+    if args.repeat < 1:
+        ap.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
-          f"median of {args.iters} steps after {args.warmup} warm-up")
+          f"median of {args.iters} steps after {args.warmup} warm-up"
+          + (f"; median of {args.repeat} interleaved runs per case" if args.repeat > 1 else ""))
     wanted = set(args.cases.split(",")) if args.cases else None
     all_rows = []
     plans = [("mlp", MLP_CASES)] + ([("cnn", CNN_CASES)] if args.cnn else [])
     for kind, cases in plans:
         for steps_t in args.steps_t if kind == "mlp" else args.steps_t[:1]:
+            chosen = [c for c in cases if not wanted or c in wanted]
+            for case in [c for c in chosen if not _available(c)]:
+                print(f"  {case}: not installed (pip install -e '.[bench]'); skipped")
+            chosen = [c for c in chosen if _available(c)]
+            # --repeat R: every case R times, interleaved (the cases' order rotates each round),
+            # so that a slow spell of a shared machine falls on all cases alike; the median
+            # of the R medians is reported (memory is measured once: it repeats exactly)
+            runs: dict[str, list[dict]] = {c: [] for c in chosen}
+            for rep in range(args.repeat):
+                k = rep % max(1, len(chosen))
+                for case in chosen[k:] + chosen[:k]:
+                    row = _run_case(case, kind, steps_t, args, memory=rep == 0)
+                    if row:
+                        runs[case].append(row)
             rows = []
-            for case in cases:
-                if wanted and case not in wanted:
+            for case in chosen:
+                if not runs[case]:
                     continue
-                if not _available(case):
-                    print(f"  {case}: not installed (pip install -e '.[bench]'); skipped")
-                    continue
-                row = _run_case(case, kind, steps_t, args)
-                if row:
-                    rows.append(row)
+                row = dict(runs[case][0])
+                row["ms"] = statistics.median(r["ms"] for r in runs[case])
+                row["samples_s"] = row["batch"] / row["ms"] * 1000
+                row["ms_runs"] = [round(r["ms"], 1) for r in runs[case]]
+                rows.append(row)
             print(f"\n### {kind.upper()}, T = {steps_t}\n")
             print(_table(rows))
             all_rows += rows

@@ -184,3 +184,20 @@ def test_mnist_mlp_event_path_equals_dense_path(mnist):
     np.testing.assert_allclose(l1, l2, rtol=1e-4)
     for a, b in zip(p1, p2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_gradient_summed_over_row_chunks(monkeypatch):
+    """The weight gradient is summed over chunks of rows (to stay in the cache): the same
+    result for any chunk size, including a last, partial chunk."""
+    x = _bytes(1000, 50, rate=0.15, high=3)
+    w, b = torch.randn(7, 50), torch.randn(7)
+    ref = _grads(_reference, x, w, b)
+    for cache_bytes in (1, 300 * 7 * 4, 1 << 30):  # 256-row chunks, 300-row chunks, one chunk
+        monkeypatch.setattr(events, "_CACHE_BYTES", cache_bytes)
+        ours = _grads(events.linear, x, w, b)
+        torch.testing.assert_close(ours[1], ref[1], rtol=1e-5, atol=1e-4)
+    c = events.to_csr(x)
+    part = c.rows(300, 700)
+    assert part.shape == (400, 50) and part.indptr[0] == 0
+    assert np.array_equal(part.matmul(w.t().contiguous().numpy()),
+                          c.matmul(w.t().contiguous().numpy())[300:700])

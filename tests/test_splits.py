@@ -51,8 +51,8 @@ def test_frame_split_inputs_and_shift():
     frames[1, :, 0, 10, 20] = 1  # one pixel on in every bin of recording 1
     split = FrameSplit(frames, torch.tensor([0, 1, 2]))
     x = split.inputs(torch.tensor([1, 2]), steps=4)
-    assert x.shape == (4, 2, 2, 34, 34) and x.dtype == torch.float32
-    assert torch.equal(x[:, 0], frames[1].float())
+    assert x.shape == (4, 2, 2, 34, 34) and x.dtype == torch.uint8  # event counts as bytes
+    assert torch.equal(x[:, 0], frames[1])
     moved = split.inputs(torch.tensor([1]), steps=4, shift=3,
                          shift_generator=torch.Generator().manual_seed(1))
     where = [torch.nonzero(moved[t, 0, 0]).tolist() for t in range(4)]
@@ -86,7 +86,7 @@ def test_nmnist_splits_follow_the_sample_index(nmnist_small):
     frames, _ = load_frames(folder, "test", steps=30)
     order = sorted(range(100), key=lambda i: Path(list_recordings(folder, "test")[i][0]).stem)
     x = splits["test"].inputs(torch.arange(100), steps=30)
-    assert torch.equal(x, frames[order].transpose(0, 1).float())
+    assert x.dtype == torch.uint8 and torch.equal(x, frames[order].transpose(0, 1))
     counts, _ = load_splits(load_config("nmnist-mlp", overrides=["data.frames='count'"]), folder)
     assert counts["test"].shape is None and counts["test"].frames.shape == (100, 30, 2, 34, 34)
     assert torch.equal(counts["test"].inputs(torch.arange(100), steps=30).clamp(max=1), x)

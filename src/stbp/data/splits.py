@@ -101,15 +101,16 @@ class FrameSplit:
         shift: int = 0,
         shift_generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Input ``[T, B, P, H, W]`` (float32) of recordings ``idx``; ``shift`` translates every
-        frame of a recording by the same random offset. ``generator`` is unused (no encoding)."""
+        """Input ``[T, B, P, H, W]`` (``uint8`` event counts, 0/1 for binary frames: stbp's
+        layers take them directly, the first fully connected layer event-driven) of recordings
+        ``idx``; ``shift`` translates every frame of a recording by the same random offset.
+        ``generator`` is unused (no encoding)."""
         del generator
         if kind != "events":
             raise StbpError(f"[encoding] kind = {kind!r} does not apply to event frames; use 'events'")
         x = self.unpacked(idx)
         if x.shape[1] != steps:
             raise StbpError(f"the frames have {x.shape[1]} time bins, but T = {steps} was asked")
-        x = x.to(torch.float32)
         if shift:
             b, t, p, h, w = x.shape
             x = random_shift(x.reshape(b, t * p, h, w), shift, generator=shift_generator)

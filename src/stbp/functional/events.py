@@ -33,6 +33,7 @@ __all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
 #: above this fraction of nonzero inputs the dense matmul is as fast (measured on the
 #: benchmark machine: the sums take ~45 % of the matmul's time at 13 % density)
 MAX_DENSITY = 0.25
+_CACHE_BYTES = 2 << 20
 
 if HAVE_NUMBA:
 
@@ -74,14 +75,15 @@ if HAVE_NUMBA:
                 fill[k] += 1
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _spmm(indptr, index, value, dense, base, out):  # pragma: no cover - compiled
-        # out[r] = base + Σ_j value[j] · dense[index[j]] over row r's entries (sparse × dense),
-        # four entries per pass over the row so that out[r] is loaded and stored a quarter as
-        # often
+    def _spmm(indptr, index, value, dense, base, out, init):  # pragma: no cover - compiled
+        # out[r] = base + Σ_j value[j] · dense[index[j]] over row r's entries (sparse × dense;
+        # without init: out[r] += Σ ...), four entries per pass over the row so that out[r] is
+        # loaded and stored a quarter as often
         rows, n = out.shape
         for r in nb.prange(rows):
             o = out[r]
-            o[:] = base
+            if init:
+                o[:] = base
             j, end = indptr[r], indptr[r + 1]
             while j + 4 <= end:
                 d0, d1 = dense[index[j]], dense[index[j + 1]]
@@ -128,12 +130,34 @@ class CSR:
         _transpose(self.indptr, self.index, self.value, cols, t_indptr, t_index, t_value)
         return CSR(t_indptr, t_index, t_value, (cols, rows))
 
-    def matmul(self, dense: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
-        """``base + self @ dense`` (``dense``: ``[cols, n]``, ``base``: ``[n]`` or zeros)."""
+    def rows(self, lo: int, hi: int) -> CSR:
+        """Rows ``lo:hi`` (the column lists are views)."""
+        a, b = int(self.indptr[lo]), int(self.indptr[hi])
+        return CSR(self.indptr[lo:hi + 1] - a, self.index[a:b], self.value[a:b],
+                   (hi - lo, self.shape[1]))
+
+    def matmul(self, dense: np.ndarray, base: np.ndarray | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """``base + self @ dense`` (``dense``: ``[cols, n]``, ``base``: ``[n]`` or zeros), or
+        ``out += self @ dense`` when ``out`` is given."""
         n = dense.shape[1]
-        out = np.empty((self.shape[0], n), dense.dtype)
+        init = out is None
+        if out is None:
+            out = np.empty((self.shape[0], n), dense.dtype)
         _spmm(self.indptr, self.index, self.value, dense,
-              np.zeros(n, dense.dtype) if base is None else base, out)
+              np.zeros(n, dense.dtype) if base is None else base, out, init)
+        return out
+
+    def t_matmul(self, dense: np.ndarray) -> np.ndarray:
+        """``selfᵀ @ dense`` (``dense``: ``[rows, n]``), summed over chunks of rows whose part
+        of ``dense`` fits in the cache (~4 MiB): the rows are read in the order of each
+        column's entries, and from main memory that is several times slower."""
+        rows, n = dense.shape
+        out = np.zeros((self.shape[1], n), dense.dtype)
+        step = max(256, _CACHE_BYTES // max(1, n * dense.itemsize))
+        for lo in range(0, rows, step):
+            hi = min(rows, lo + step)
+            self.rows(lo, hi).transpose().matmul(dense[lo:hi], out=out)
         return out
 
 
@@ -178,7 +202,7 @@ class _EventLinear(torch.autograd.Function):
         grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             _threads()
-            grad_wt = ctx.csr.transpose().matmul(g.numpy())  # ∂L/∂Wᵀ (E8)
+            grad_wt = ctx.csr.t_matmul(g.numpy())  # ∂L/∂Wᵀ (E8)
             grad_w = torch.from_numpy(grad_wt).t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
