@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stbp.functional.lif_numba import HAVE_NUMBA, nb
+from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
 
 __all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
 
@@ -104,7 +104,7 @@ def usable(x: Tensor, weight: Tensor) -> bool:
     """Whether the event-driven path can run (the density is checked in :func:`linear`)."""
     return (HAVE_NUMBA and x.dtype in (torch.uint8, torch.bool) and x.device.type == "cpu"
             and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
-            and x.dim() >= 1 and x.shape[-1] < 2**31)
+            and x.dim() >= 1)
 
 
 class CSR:
@@ -123,9 +123,7 @@ class CSR:
     def transpose(self) -> CSR:
         rows, cols = self.shape
         t_indptr = np.zeros(cols + 1, np.int64)
-        t_index = np.empty(self.nnz, np.int32 if rows >= 2**15 else np.int16)
-        if rows >= 2**31:
-            t_index = np.empty(self.nnz, np.int64)
+        t_index = np.empty(self.nnz, _index_dtype(rows))
         t_value = np.empty(self.nnz, np.uint8)
         _transpose(self.indptr, self.index, self.value, cols, t_indptr, t_index, t_value)
         return CSR(t_indptr, t_index, t_value, (cols, rows))
@@ -150,7 +148,7 @@ class CSR:
 
     def t_matmul(self, dense: np.ndarray) -> np.ndarray:
         """``selfᵀ @ dense`` (``dense``: ``[rows, n]``), summed over chunks of rows whose part
-        of ``dense`` fits in the cache (~4 MiB): the rows are read in the order of each
+        of ``dense`` fits in the cache (``_CACHE_BYTES``): the rows are read in the order of each
         column's entries, and from main memory that is several times slower."""
         rows, n = dense.shape
         out = np.zeros((self.shape[1], n), dense.dtype)
@@ -159,6 +157,11 @@ class CSR:
             hi = min(rows, lo + step)
             self.rows(lo, hi).transpose().matmul(dense[lo:hi], out=out)
         return out
+
+
+def _index_dtype(n: int) -> type:
+    """The narrowest integer type for indices below ``n``."""
+    return np.int16 if n < 2**15 else np.int32 if n < 2**31 else np.int64
 
 
 def _counts(rows: np.ndarray) -> np.ndarray:
@@ -176,14 +179,10 @@ def to_csr(x: Tensor, counts: np.ndarray | None = None) -> CSR:
     indptr = np.zeros(rows_np.shape[0] + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
     cols = rows_np.shape[1]
-    index = np.empty(int(indptr[-1]), np.int16 if cols < 2**15 else np.int32)
+    index = np.empty(int(indptr[-1]), _index_dtype(cols))
     value = np.empty(int(indptr[-1]), np.uint8)
     _fill(rows_np, indptr, index, value)
     return CSR(indptr, index, value, (rows_np.shape[0], cols))
-
-
-def _threads() -> None:
-    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
 
 
 class _EventLinear(torch.autograd.Function):
