@@ -29,6 +29,37 @@ def test_bernoulli_rates_and_seed(mnist):
     assert (a[:, x == 0] == 0).all() and (a[:, x == 1] == 1).all()
 
 
+def test_bernoulli_counter_based_draws_are_fair_and_independent():
+    """The CPU kernel's uniforms (SplitMix64 keyed by the generator, indexed by (t, input)):
+    firing frequency = p, neighbours in time and in space independent, the same spikes for
+    any thread count, fresh spikes on every call, the same result for every dtype."""
+    p = torch.full((4, 250), 0.3)
+    g = torch.Generator().manual_seed(0)
+    s = encoding.bernoulli(p, 1000, generator=g, dtype=torch.uint8).float()  # 10^6 draws
+    n, sd = s.numel(), (0.3 * 0.7 / s.numel()) ** 0.5
+    assert abs(s.mean().item() - 0.3) < 5 * sd
+    both_t = (s[1:] * s[:-1]).mean().item()  # consecutive steps of one input
+    both_i = (s[..., 1:] * s[..., :-1]).mean().item()  # neighbouring inputs, same step
+    for both in (both_t, both_i):
+        assert abs(both - 0.09) < 5 * (0.09 * 0.91 / (n * 0.99)) ** 0.5
+    assert not torch.equal(s, encoding.bernoulli(p, 1000, generator=g).float())  # new draws
+    x = torch.rand(3, 40, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        spikes = []
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            spikes.append(encoding.bernoulli(x, 7, generator=torch.Generator().manual_seed(9)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(spikes[0], spikes[1])
+    as64 = encoding.bernoulli(x.double(), 7, generator=torch.Generator().manual_seed(9))
+    assert as64.dtype == torch.float64 and torch.equal(as64.float(), spikes[0])
+    assert encoding.bernoulli(torch.empty(0, 5), 3).shape == (3, 0, 5)
+    half = encoding.bernoulli(x.bfloat16(), 7, generator=torch.Generator().manual_seed(9))
+    assert half.dtype == torch.bfloat16 and set(half.unique().tolist()) <= {0.0, 1.0}
+
+
 def test_encoding_errors():
     with pytest.raises(StbpError, match="T must be an integer >= 1"):
         encoding.bernoulli(torch.rand(2, 3), 0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
+from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
 
 __all__ = ["bernoulli", "direct", "encode", "ENCODINGS"]
 
@@ -14,6 +16,47 @@ def _check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise StbpError(f"the number of time steps T must be an integer >= 1, got {steps!r}")
     return steps
+
+
+_CHUNK = 1 << 14  # inputs per task of the spike kernel
+
+if HAVE_NUMBA:
+    _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+    _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+    _MIX2 = np.uint64(0x94D049BB133111EB)
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _bernoulli_kernel(p, key, out):  # pragma: no cover - compiled
+        # out[t, i] = 1 if u < p[i], u = the (t·n + i + 1)-th SplitMix64 output of `key` as a
+        # 53-bit uniform in [0, 1): a counter-based draw, the same whatever the thread count
+        steps, n = out.shape
+        chunks = (n + _CHUNK - 1) // _CHUNK
+        for task in nb.prange(steps * chunks):
+            t = task // chunks
+            lo = (task % chunks) * _CHUNK
+            for i in range(lo, min(n, lo + _CHUNK)):
+                q = p[i]
+                if q <= 0:
+                    out[t, i] = 0
+                elif q >= 1:
+                    out[t, i] = 1
+                else:
+                    z = key + np.uint64(t * n + i + 1) * _GOLDEN
+                    z = (z ^ (z >> np.uint64(30))) * _MIX1
+                    z = (z ^ (z >> np.uint64(27))) * _MIX2
+                    z = z ^ (z >> np.uint64(31))
+                    u = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+                    out[t, i] = 1 if u < q else 0
+
+
+def _bernoulli_numba(x: Tensor, steps: int, generator: torch.Generator | None) -> Tensor:
+    key = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    p = x.detach().reshape(-1).contiguous()
+    out = torch.empty((steps, p.numel()), dtype=torch.uint8)
+    if p.numel():
+        _threads()
+        _bernoulli_kernel(p.numpy(), np.uint64(key), out.numpy())
+    return out.view(steps, *x.shape)
 
 
 def bernoulli(
@@ -35,6 +78,11 @@ def bernoulli(
 
     Returns:
         A 0/1 tensor ``[T, B, ...]``.
+
+    On a CPU (with numba) the uniforms come from a counter-based generator — SplitMix64 keyed
+    by one draw from ``generator``, indexed by (t, input) — in a parallel kernel that skips
+    inputs of intensity 0 or 1: the spikes depend on the seed alone, not on the number of
+    threads. Elsewhere they come from ``torch.rand`` (a different stream for the same seed).
     """
     steps = _check_steps(steps)
     if not x.is_floating_point():
@@ -43,6 +91,8 @@ def bernoulli(
         raise StbpError(
             f"bernoulli encoding needs intensities in [0, 1], got range [{x.min():g}, {x.max():g}]"
         )
+    if HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return _bernoulli_numba(x, steps, generator).to(dtype or x.dtype)
     noise = torch.rand((steps, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
     return (noise < x).to(dtype or x.dtype)
 
