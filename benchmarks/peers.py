@@ -198,13 +198,21 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     labels = torch.randint(0, 10, (batch,), generator=gen, device=device)
     onehot = torch.nn.functional.one_hot(labels, 10).float()
 
-    # the same Bernoulli spikes for every case; stbp takes them as bytes (its encoding's
-    # dtype=torch.uint8), the others as float32
-    spike_dtype = torch.uint8 if case.startswith("stbp") else torch.float32
+    # Bernoulli spikes of the same intensities: stbp's cases encode with stbp's encoder, as
+    # bytes (what its trainer does); the other cases with torch.rand(...) < p as float32, the
+    # fastest of the peers' idioms (snnTorch's spikegen.rate calls torch.bernoulli, slower)
+    if case.startswith("stbp"):
+        from stbp import encoding
+
+        def encode(n: int):
+            return encoding.bernoulli(images[:n], steps_t, generator=gen, dtype=torch.uint8)
+    else:
+        def encode(n: int):
+            return (torch.rand((steps_t, n, *images.shape[1:]), generator=gen, device=device)
+                    < images[:n]).float()
 
     def step(n: int = batch):
-        x = (torch.rand((steps_t, n, *images.shape[1:]), generator=gen, device=device)
-             < images[:n]).to(spike_dtype)
+        x = encode(n)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             out = run(x)
         rate = out.float().mean(0)
