@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stbp import encoding, models
+from stbp.errors import StbpError
 from stbp.functional import events, synapse
 from stbp.loss import rate_mse
 
@@ -124,6 +125,14 @@ def test_dense_input_and_other_cases_fall_back():
     # synapse.linear then runs the dense matmul, with the same result
     x = _bytes(5, 20, rate=0.6)
     torch.testing.assert_close(synapse.linear(x, w), _reference(x, w, None))
+
+
+def test_shape_mismatch_is_a_clear_error():
+    w = torch.randn(8, 5)
+    with pytest.raises(StbpError, match=r"input of shape \(2, 7\) does not fit a weight of shape \(8, 5\)"):
+        events.linear(_bytes(2, 7, rate=0.2), w)
+    with pytest.raises(StbpError, match="bias of shape"):
+        events.linear(_bytes(2, 5, rate=0.2), w, torch.zeros(3))
 
 
 def test_second_backward_with_retain_graph():

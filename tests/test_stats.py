@@ -94,6 +94,7 @@ def test_eval_reports_firing_on_real_mnist(tiny_runs, capsys):
 
     assert main(["eval", "--run", str(tiny_runs["cnn"]), "--limit-eval", "100"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["val_size"] == result["test_size"] == 100
     firing = result["firing"]
     assert firing["samples"] == 100 and firing["steps"] == 8
     assert [x["name"] for x in firing["layers"]] == [

@@ -175,6 +175,10 @@ def test_resume_options_and_eval_reuses_the_runs_data(mnist_dir, tmp_path, capsy
     assert main(["train", "--resume", "--out", str(out), "--epochs", "4", "--seed", "0"]) == 2
     err = capsys.readouterr().err
     assert "train.epochs = 4 differs from the run's 1" in err and "Traceback" not in err
+    # resuming without the run's limits names the options to pass
+    assert main(["train", "--resume", "--out", str(out), "--data-dir", str(mnist_dir)]) == 2
+    assert "resume with the same options: --limit-train 300 --limit-eval 200" in (
+        capsys.readouterr().err)
     # eval finds the run's data without --data-dir, $STBP_DATA or any download
     monkeypatch.delenv("STBP_DATA", raising=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -13,9 +15,13 @@ __all__ = ["bernoulli", "direct", "encode", "ENCODINGS"]
 
 
 def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    try:
+        n = operator.index(steps) if not isinstance(steps, bool) else None
+    except TypeError:
+        n = None
+    if n is None or n < 1:
         raise StbpError(f"the number of time steps T must be an integer >= 1, got {steps!r}")
-    return steps
+    return n
 
 
 _CHUNK = 1 << 14  # inputs per task of the spike kernel
@@ -82,17 +88,21 @@ def bernoulli(
     On a CPU (with numba) the uniforms come from a counter-based generator — SplitMix64 keyed
     by one draw from ``generator``, indexed by (t, input) — in a parallel kernel that skips
     inputs of intensity 0 or 1: the spikes depend on the seed alone, not on the number of
-    threads. Elsewhere they come from ``torch.rand`` (a different stream for the same seed).
+    threads or the input's floating dtype (half precision is compared in float32). On a GPU
+    they come from ``torch.rand`` (a different stream for the same seed).
     """
     steps = _check_steps(steps)
     if not x.is_floating_point():
         raise StbpError(f"bernoulli encoding needs floating intensities in [0, 1], got {x.dtype}")
+    if x.numel() and bool(torch.isnan(x).any()):
+        raise StbpError("bernoulli encoding needs intensities in [0, 1], got NaN")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise StbpError(
             f"bernoulli encoding needs intensities in [0, 1], got range [{x.min():g}, {x.max():g}]"
         )
-    if HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        return _bernoulli_numba(x, steps, generator).to(dtype or x.dtype)
+    if HAVE_NUMBA and x.device.type == "cpu":
+        p = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return _bernoulli_numba(p, steps, generator).to(dtype or x.dtype)
     noise = torch.rand((steps, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
     return (noise < x).to(dtype or x.dtype)
 

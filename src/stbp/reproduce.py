@@ -377,7 +377,9 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
         + (f" ({first['threads']} thread(s) per run)" if first else "") + ".",
         f"- Machine: {_machine()}.",
         "- Accuracy = test accuracy of the epoch with the best validation accuracy (the "
-        "validation split is the last 5,000 training images, never trained on), mean ± std "
+        "validation split is the last 5,000 training images, never trained on"
+        + (f"; the first {budget.limit_eval:,} of them and of the test images here"
+           if budget.limit_eval else "") + "), mean ± std "
         "over seeds. Input spike trains of "
         "the evaluation are fixed per seed.",
         "",

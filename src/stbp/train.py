@@ -259,8 +259,11 @@ def train(
                 f"--resume: the configuration differs from the one saved in {out}/config.toml"
             )
         if state.get("limits") != limits:
+            saved = state.get("limits") or {}
+            opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in saved.items() if v)
             raise StbpError(
-                f"--resume: --limit-train/--limit-eval differ from the run's {state.get('limits')}"
+                f"--resume: --limit-train/--limit-eval differ from the run's {saved}; resume "
+                f"with the same options: {opts or '(no limits)'}"
             )
     elif last_path.is_file() or (out / "summary.json").is_file():
         raise StbpError(f"--out {out}: already holds a run; use --resume or another directory")
@@ -461,13 +464,16 @@ def eval_run(
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
               precision=cfg["train"]["precision"])
-    val_acc = evaluate(model, data["val"].subset(limit_eval), steps, seed=seed, **ev)
+    val, test = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
+    val_acc = evaluate(model, val, steps, seed=seed, **ev)
     with FiringMonitor(model) as monitor:
-        test_acc = evaluate(model, data["test"].subset(limit_eval), steps, seed=seed + 1, **ev)
+        test_acc = evaluate(model, test, steps, seed=seed + 1, **ev)
     return {
         "checkpoint": str(path),
         "epoch": ckpt["epoch"],
         "val_acc": val_acc,
         "test_acc": test_acc,
+        "val_size": len(val),  # the run's own limits are not applied: --limit-eval N here
+        "test_size": len(test),
         "firing": monitor.summary(),  # on the test split: rate per layer, SynOps per sample
     }

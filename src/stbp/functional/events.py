@@ -10,8 +10,8 @@ the other side: row i of ∂L/∂Wᵀ is the sum of the error rows ε at the (t,
 spiked.
 
 The spikes are kept for the backward as a compressed sparse row (CSR) list — the column of
-each spike (2 bytes for up to 32,767 inputs) and its value (1 byte) — about a quarter of the
-one byte per input that the dense path keeps at MNIST's density. Values other than 0/1 (event
+each spike (2 bytes for up to 32,767 inputs) and its value (1 byte) — 0.4 byte per input at
+MNIST's 13 % density, against the one byte per input that the dense path keeps. Values other than 0/1 (event
 counts) are used as weights of the summed columns, so any ``uint8`` input gives F.linear's
 result, up to the order of the additions.
 
@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stbp.errors import StbpError
 from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
 
 __all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
 
-#: above this fraction of nonzero inputs the dense matmul is as fast (measured on the
-#: benchmark machine: the sums take ~45 % of the matmul's time at 13 % density)
+#: above this fraction of nonzero inputs the dense path is used (on the benchmark machine the
+#: sums take ~20 % of the dense forward's time and ~36 % of forward + backward at 13 % density,
+#: and their cost grows in proportion to the density)
 MAX_DENSITY = 0.25
 _CACHE_BYTES = 2 << 20
 
@@ -226,6 +228,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     """
     if not usable(x, weight) or x.numel() == 0:
         return None
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or (
+            bias is not None and bias.shape != (weight.shape[0],)):
+        raise StbpError(
+            f"linear: input of shape {tuple(x.shape)} does not fit a weight of shape "
+            f"{tuple(weight.shape)}" + ("" if bias is None else f" and a bias of shape "
+                                        f"{tuple(bias.shape)}"))
     _threads()
     rows = x.detach().reshape(-1, x.shape[-1]).contiguous()
     counts = _counts((rows.view(torch.uint8) if rows.dtype == torch.bool else rows).numpy())
