@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -94,12 +95,13 @@ def bernoulli(
     steps = _check_steps(steps)
     if not x.is_floating_point():
         raise StbpError(f"bernoulli encoding needs floating intensities in [0, 1], got {x.dtype}")
-    if x.numel() and bool(torch.isnan(x).any()):
-        raise StbpError("bernoulli encoding needs intensities in [0, 1], got NaN")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise StbpError(
-            f"bernoulli encoding needs intensities in [0, 1], got range [{x.min():g}, {x.max():g}]"
-        )
+    if x.numel():
+        lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates into both
+        if math.isnan(lo) or math.isnan(hi):
+            raise StbpError("bernoulli encoding needs intensities in [0, 1], got NaN")
+        if lo < 0 or hi > 1:
+            raise StbpError(
+                f"bernoulli encoding needs intensities in [0, 1], got range [{lo:g}, {hi:g}]")
     if HAVE_NUMBA and x.device.type == "cpu":
         p = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return _bernoulli_numba(p, steps, generator).to(dtype or x.dtype)

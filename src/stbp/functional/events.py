@@ -172,12 +172,19 @@ def _counts(rows: np.ndarray) -> np.ndarray:
     return counts
 
 
-def to_csr(x: Tensor, counts: np.ndarray | None = None) -> CSR:
-    """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]``."""
+def _byte_rows(x: Tensor) -> np.ndarray:
+    """A byte tensor ``[..., cols]`` as a contiguous ``uint8`` array ``[rows, cols]``."""
     rows = x.detach().reshape(-1, x.shape[-1]).contiguous()
-    rows_np = (rows.view(torch.uint8) if rows.dtype == torch.bool else rows).numpy()
-    if counts is None:
-        counts = _counts(rows_np)
+    return (rows.view(torch.uint8) if rows.dtype == torch.bool else rows).numpy()
+
+
+def to_csr(x: Tensor) -> CSR:
+    """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]``."""
+    rows = _byte_rows(x)
+    return _csr(rows, _counts(rows))
+
+
+def _csr(rows_np: np.ndarray, counts: np.ndarray) -> CSR:
     indptr = np.zeros(rows_np.shape[0] + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
     cols = rows_np.shape[1]
@@ -211,7 +218,6 @@ class _EventLinear(torch.autograd.Function):
 
 
 def _forward(csr: CSR, weight: Tensor, bias: Tensor | None) -> Tensor:
-    _threads()
     w = weight.detach()
     base = None if bias is None else bias.detach().to(w.dtype).contiguous().numpy()
     return torch.from_numpy(csr.matmul(w.t().contiguous().numpy(), base))
@@ -235,11 +241,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
             f"{tuple(weight.shape)}" + ("" if bias is None else f" and a bias of shape "
                                         f"{tuple(bias.shape)}"))
     _threads()
-    rows = x.detach().reshape(-1, x.shape[-1]).contiguous()
-    counts = _counts((rows.view(torch.uint8) if rows.dtype == torch.bool else rows).numpy())
-    if counts.sum() > max_density * rows.numel():
+    rows = _byte_rows(x)
+    counts = _counts(rows)
+    if counts.sum() > max_density * rows.size:
         return None
-    csr = to_csr(rows, counts)
+    csr = _csr(rows, counts)
     if torch.is_grad_enabled() and (weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _EventLinear.apply(x, weight, bias, csr)
