@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stbp import encoding, models
+from stbp import encoding, layers, models
 from stbp.errors import StbpError
-from stbp.functional import events, synapse
+from stbp.functional import events, spike_bytes, synapse
 from stbp.loss import rate_mse
 
 NEURON = dict(decay=0.1, threshold=0.5)
@@ -163,8 +163,9 @@ def test_synapse_dispatches_byte_spikes_unless_told_not_to(monkeypatch):
 
 
 def test_mnist_mlp_event_path_equals_dense_path(mnist):
-    """Real digits as Bernoulli bytes through the MLP 784-800-10: the event-driven first layer
-    gives the dense path's spikes and, after a few Adam steps, the same weights."""
+    """Real digits as Bernoulli bytes through the MLP 784-800-10: the event-driven layers
+    (bytes in, and hidden spikes carrying their bytes) give the dense path's spikes and, after
+    a few Adam steps, the same weights."""
     images = mnist["train"].images[:64].float().div(255).flatten(1)
     labels = mnist["train"].labels[:64]
     x = encoding.bernoulli(images, 20, generator=torch.Generator().manual_seed(0),
@@ -179,7 +180,8 @@ def test_mnist_mlp_event_path_equals_dense_path(mnist):
             current = synapse.linear(x, net[1].synapse.weight, net[1].synapse.bias,
                                      events=use_events)
             hidden = net[1].neuron.fire(current, overwrite=True)
-            out = net[2](hidden)
+            out = net[2].neuron.fire(synapse.linear(  # hidden spikes: events, or dense
+                hidden, net[2].synapse.weight, net[2].synapse.bias, events=use_events))
             loss = rate_mse(out, labels)
             opt.zero_grad()
             loss.backward()
@@ -201,6 +203,7 @@ def test_weight_gradient_summed_over_row_chunks(monkeypatch):
     x = _bytes(1000, 50, rate=0.15, high=3)
     w, b = torch.randn(7, 50), torch.randn(7)
     ref = _grads(_reference, x, w, b)
+    monkeypatch.setattr(events, "_PRIVATE_BYTES", 0)  # not the narrow-result path
     for cache_bytes in (1, 300 * 7 * 4, 1 << 30):  # 256-row chunks, 300-row chunks, one chunk
         monkeypatch.setattr(events, "_CACHE_BYTES", cache_bytes)
         ours = _grads(events.linear, x, w, b)
@@ -210,3 +213,84 @@ def test_weight_gradient_summed_over_row_chunks(monkeypatch):
     assert part.shape == (400, 50) and part.indptr[0] == 0
     assert np.array_equal(part.matmul(w.t().contiguous().numpy()),
                           c.matmul(w.t().contiguous().numpy())[300:700])
+
+
+# ------------------------------------------------------- hidden spikes that carry their bytes
+def _hidden(seed=0, steps=6, batch=5, n=40):
+    g = torch.Generator().manual_seed(seed)
+    current = (torch.randn(steps, batch, n, generator=g) * 0.4).requires_grad_()
+    lif = layers.LIF(**NEURON)
+    return current, lif.fire(current.clone(), overwrite=True)
+
+
+def test_fused_lif_spikes_carry_their_bytes():
+    _, spikes = _hidden()
+    codes = spike_bytes.lookup(spikes)
+    assert codes is not None and codes.dtype == torch.uint8
+    assert torch.equal(codes.float(), spikes.detach())
+    assert 0 < spikes.mean() < events.MAX_DENSITY  # so that the next layer sums events
+    eager = layers.LIF(**NEURON, backend="torch")(torch.randn(3, 2, 4))
+    assert spike_bytes.lookup(eager) is None  # the reference path attaches nothing
+
+
+def test_hidden_spikes_run_event_driven_with_the_dense_gradients():
+    w, b = torch.randn(7, 40), torch.randn(7)
+    results = []
+    for use_events in (True, False):
+        current, spikes = _hidden()
+        wp, bp = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = synapse.linear(spikes, wp, bp, events=use_events)
+        assert (type(out.grad_fn).__name__ == "_EventLinearBackward") == use_events
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+        results.append((out.detach(), wp.grad, bp.grad, current.grad))
+    for a, r in zip(*results, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    assert results[0][3].abs().sum() > 0  # the gradient reached the current through the LIF
+
+
+@pytest.mark.parametrize("change", ["in_place", "view", "copy"])
+def test_changed_hidden_spikes_are_never_summed_from_stale_bytes(change):
+    """Bytes ride only on the unmodified tensor they were made for: after an in-place change
+    (its version counter moves) the layer computes from the floats themselves."""
+    with torch.no_grad():  # (under autograd, torch itself refuses in-place changes of spikes)
+        _, spikes = _hidden()
+    w = torch.randn(7, 40)
+    assert spike_bytes.lookup(spikes) is not None
+    if change == "in_place":
+        spikes[0].fill_(1.0)  # what a user's in-place masking would do
+        x = spikes
+    elif change == "view":
+        x = spikes.view(spikes.shape)
+    else:
+        x = spikes.clone()
+    assert spike_bytes.lookup(x) is None
+    torch.testing.assert_close(synapse.linear(x, w), F.linear(x, w))
+
+
+def test_layers_keep_the_weight_as_its_transpose():
+    """Linear layers store W as the [out, in] view of a contiguous Wᵀ (the event path reads
+    and writes Wᵀ); gradients come back in that layout and a state dict round-trips."""
+    net = models.mlp([784, 30, 10], seed=0, **NEURON)
+    w = net[1].synapse.weight
+    assert w.shape == (30, 784) and w.t().is_contiguous()
+    x = _bytes(4, 3, 784, rate=0.1)
+    rate_mse(net(x), torch.tensor([1, 2, 3])).backward()
+    assert w.grad.stride() == w.stride() and w.grad.abs().sum() > 0
+    other = models.mlp([784, 30, 10], seed=1, **NEURON)
+    other.load_state_dict(net.state_dict())
+    assert torch.equal(other[1].synapse.weight, w) and other[1].synapse.weight.t().is_contiguous()
+    assert torch.equal(other(x), net(x))
+
+
+def test_narrow_weight_gradient_is_summed_in_private_parts(monkeypatch):
+    """An output layer's small ∂L/∂Wᵀ is scattered into per-part copies: the same gradient as
+    the chunked transpose path, and the same bits whatever the thread count."""
+    x = _bytes(997, 60, rate=0.1, high=2)  # a row count that does not split evenly
+    w, b = torch.randn(10, 60), torch.randn(10)
+    ref = _grads(_reference, x, w, b)
+    grads = []
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        grads.append(_grads(events.linear, x, w, b)[1])
+    torch.testing.assert_close(grads[0], ref[1], rtol=1e-5, atol=1e-4)
+    assert torch.equal(grads[0], grads[1])

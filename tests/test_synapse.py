@@ -239,10 +239,15 @@ def test_mlp_keeps_spikes_as_bytes(mnist):
     labels = mnist["val"].labels[:batch]
     net = models.mlp([784, 800, 10], seed=0, **NEURON)
     kept, out = _saved_bytes(lambda: net(x))
-    # input and hidden spikes: one byte each; membranes (800 + 10 neurons): four bytes each
-    assert kept[torch.uint8] == steps * batch * (784 + 800)
+    # float input spikes: one byte each; hidden spikes (from the fused kernel, carrying their
+    # bytes) go event-driven and are kept as a sparse list on the node, not as saved tensors;
+    # membranes (800 + 10 neurons): four bytes each
+    assert kept[torch.uint8] == steps * batch * 784
     weights = 800 * 784 * 4 + 10 * 800 * 4
     assert kept[torch.float32] == steps * batch * (800 + 10) * 4 + weights
+    hidden = out.grad_fn.next_functions[0][0]  # the output layer's synapses
+    assert type(hidden).__name__ == "_EventLinearBackward"
+    assert hidden.csr.nnz < steps * batch * 800 * 0.25  # under MAX_DENSITY
     rate_mse(out, labels).backward()  # and the backward runs from that state
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 

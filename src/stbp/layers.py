@@ -130,7 +130,9 @@ class Linear(nn.Module):
 
     Memory: a spiking input is kept for the backward as one byte per value
     (:mod:`stbp.functional.synapse`), and the membrane potentials take the current's place.
-    Spikes given as bytes (the trainer's Bernoulli input) run event-driven
+    Spikes given as bytes (the trainer's Bernoulli input), and a previous layer's spikes from
+    the fused kernels (which carry their bytes, :mod:`stbp.functional.spike_bytes`), run
+    event-driven
     (:mod:`stbp.functional.events`: the weight columns of the inputs that spiked are summed),
     except on the reference path (``backend="torch"``), which keeps the dense matmul.
     ``activation="relu"``/``"identity"`` replaces the LIF by :class:`Analog` (the ANN baseline).
@@ -140,6 +142,10 @@ class Linear(nn.Module):
                  activation: str = "lif", **neuron) -> None:
         super().__init__()
         self.synapse = nn.Linear(in_features, out_features, bias=bias)
+        # W [out, in] kept in memory as Wᵀ (its transposed view): the event-driven path sums
+        # rows of Wᵀ and writes ∂L/∂Wᵀ, so neither direction copies a transpose each step
+        w = self.synapse.weight
+        self.synapse.weight = nn.Parameter(w.detach().t().contiguous().t(), w.requires_grad)
         self.neuron = _neuron(activation, neuron)
 
     def forward(self, x: Tensor) -> Tensor:

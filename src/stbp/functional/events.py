@@ -36,6 +36,9 @@ __all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
 #: and their cost grows in proportion to the density)
 MAX_DENSITY = 0.25
 _CACHE_BYTES = 2 << 20
+_ROWS = 64  # rows per task of the parallel kernels
+_PRIVATE_BYTES = 256 << 10  # a weight gradient this small is summed in parts, then added
+_PARTS = 8
 
 if HAVE_NUMBA:
 
@@ -48,17 +51,89 @@ if HAVE_NUMBA:
                 c += x[r, k] != 0
             counts[r] = c
 
+    @nb.njit(inline="always")
+    def _compact(xr, idx):  # pragma: no cover - compiled
+        # the columns of row xr's nonzero entries into idx[:m]; branch-free (every column is
+        # written, the count advances on a nonzero), ~2× faster than a branch per byte at the
+        # unpredictable densities of spikes
+        m = 0
+        for k in range(xr.shape[0]):
+            idx[m] = k
+            m += xr[k] != 0
+        return m
+
+    @nb.njit(inline="always")
+    def _accumulate(xr, idx, m, dense, o):  # pragma: no cover - compiled
+        # o += Σ_i xr[idx[i]] · dense[idx[i]], four entries per pass over o so that o is loaded
+        # and stored a quarter as often
+        j = 0
+        while j + 4 <= m:
+            k0, k1, k2, k3 = idx[j], idx[j + 1], idx[j + 2], idx[j + 3]
+            d0, d1, d2, d3 = dense[k0], dense[k1], dense[k2], dense[k3]
+            w0, w1 = dense.dtype.type(xr[k0]), dense.dtype.type(xr[k1])
+            w2, w3 = dense.dtype.type(xr[k2]), dense.dtype.type(xr[k3])
+            for c in range(o.shape[0]):
+                o[c] += (w0 * d0[c] + w1 * d1[c]) + (w2 * d2[c] + w3 * d3[c])
+            j += 4
+        while j < m:
+            k0 = idx[j]
+            d0, w0 = dense[k0], dense.dtype.type(xr[k0])
+            for c in range(o.shape[0]):
+                o[c] += w0 * d0[c]
+            j += 1
+
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _fill(x, indptr, index, value):  # pragma: no cover - compiled
+    def _fill_matmul(x, indptr, index, value, dense, base, out, with_out):  # pragma: no cover
+        # the CSR lists of x's rows (indptr given) and, with_out, out[r] = base + x[r] @ dense
+        # in the same pass over the bytes
         rows, cols = x.shape
-        for r in nb.prange(rows):
-            j = indptr[r]
-            for k in range(cols):
-                v = x[r, k]
-                if v != 0:
-                    index[j] = k
-                    value[j] = v
-                    j += 1
+        nchunks = (rows + _ROWS - 1) // _ROWS
+        for ch in nb.prange(nchunks):
+            idx = np.empty(cols + 1, index.dtype)
+            for r in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
+                xr = x[r]
+                m = _compact(xr, idx)
+                j = indptr[r]
+                for i in range(m):
+                    k = idx[i]
+                    index[j + i] = k
+                    value[j + i] = xr[k]
+                if with_out:
+                    o = out[r]
+                    o[:] = base
+                    _accumulate(xr, idx, m, dense, o)
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _scatter_t_matmul(indptr, index, value, dense, parts):  # pragma: no cover - compiled
+        # parts[p] = Σ over part p's rows r and their entries j: value[j] · dense[r] added into
+        # row index[j] — selfᵀ @ dense with one private accumulator per part (no transpose)
+        rows = indptr.shape[0] - 1
+        nparts = parts.shape[0]
+        step = (rows + nparts - 1) // nparts
+        for p in nb.prange(nparts):
+            acc = parts[p]
+            acc[:] = 0
+            for r in range(p * step, min(rows, (p + 1) * step)):
+                d = dense[r]
+                for j in range(indptr[r], indptr[r + 1]):
+                    o = acc[index[j]]
+                    w = dense.dtype.type(value[j])
+                    for c in range(d.shape[0]):
+                        o[c] += w * d[c]
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _scan_matmul(x, dense, base, out):  # pragma: no cover - compiled
+        # out[r] = base + x[r] @ dense straight from the bytes (no CSR kept: no backward)
+        rows, cols = x.shape
+        nchunks = (rows + _ROWS - 1) // _ROWS
+        for ch in nb.prange(nchunks):
+            idx = np.empty(cols + 1, np.int32)
+            for r in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
+                xr = x[r]
+                m = _compact(xr, idx)
+                o = out[r]
+                o[:] = base
+                _accumulate(xr, idx, m, dense, o)
 
     @nb.njit(cache=True, nogil=True)
     def _transpose(indptr, index, value, cols, t_indptr, t_index, t_value):  # pragma: no cover
@@ -151,8 +226,17 @@ class CSR:
     def t_matmul(self, dense: np.ndarray) -> np.ndarray:
         """``selfᵀ @ dense`` (``dense``: ``[rows, n]``), summed over chunks of rows whose part
         of ``dense`` fits in the cache (``_CACHE_BYTES``): the rows are read in the order of each
-        column's entries, and from main memory that is several times slower."""
+        column's entries, and from main memory that is several times slower. A narrow result
+        (it fits in ``_PRIVATE_BYTES``, as an output layer's does) is
+        scattered into straight from the rows instead, with no transpose, in ``_PARTS`` private
+        copies summed at the end."""
         rows, n = dense.shape
+        if self.shape[1] * n * dense.itemsize <= _PRIVATE_BYTES:
+            # a fixed number of parts (not one per thread), so the sum does not depend on the
+            # thread count
+            acc = np.empty((_PARTS, self.shape[1], n), dense.dtype)
+            _scatter_t_matmul(self.indptr, self.index, self.value, dense, acc)
+            return acc.sum(0)
         out = np.zeros((self.shape[1], n), dense.dtype)
         step = max(256, _CACHE_BYTES // max(1, n * dense.itemsize))
         for lo in range(0, rows, step):
@@ -181,25 +265,39 @@ def _byte_rows(x: Tensor) -> np.ndarray:
 def to_csr(x: Tensor) -> CSR:
     """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]``."""
     rows = _byte_rows(x)
-    return _csr(rows, _counts(rows))
+    return _csr(rows, _counts(rows))[0]
 
 
-def _csr(rows_np: np.ndarray, counts: np.ndarray) -> CSR:
+def _csr(rows_np: np.ndarray, counts: np.ndarray, dense: np.ndarray | None = None,
+         base: np.ndarray | None = None) -> tuple[CSR, np.ndarray | None]:
+    """The CSR form of ``rows_np`` and, with ``dense``, ``base + rows_np @ dense`` computed in
+    the same pass."""
     indptr = np.zeros(rows_np.shape[0] + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
-    cols = rows_np.shape[1]
+    rows, cols = rows_np.shape
     index = np.empty(int(indptr[-1]), _index_dtype(cols))
     value = np.empty(int(indptr[-1]), np.uint8)
-    _fill(rows_np, indptr, index, value)
-    return CSR(indptr, index, value, (rows_np.shape[0], cols))
+    if dense is None:
+        out = None
+        _fill_matmul(rows_np, indptr, index, value, np.zeros((1, 1), np.float32),
+                     np.zeros(1, np.float32), np.zeros((1, 1), np.float32), False)
+    else:
+        out = np.empty((rows, dense.shape[1]), dense.dtype)
+        _fill_matmul(rows_np, indptr, index, value, dense,
+                     np.zeros(dense.shape[1], dense.dtype) if base is None else base, out, True)
+    return CSR(indptr, index, value, (rows, cols)), out
 
 
 class _EventLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, csr: CSR):  # type: ignore[override]
-        out = _forward(csr, weight, bias)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                rows: np.ndarray, counts: np.ndarray):
+        wt, base = _operands(weight, bias)
+        csr, out_np = _csr(rows, counts, wt, base)  # one pass: the CSR kept and the current
+        out = torch.from_numpy(out_np)
         ctx.csr = csr
         ctx.has_bias = bias is not None
+        ctx.in_shape = x.shape
         ctx.save_for_backward(weight)
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
@@ -207,30 +305,36 @@ class _EventLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(weight.dtype).contiguous()
-        grad_w = grad_b = None
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # float spikes that carry bytes: ∂L/∂o = Wᵀ ε, dense
+            grad_x = (g @ weight).reshape(ctx.in_shape)
         if ctx.needs_input_grad[1]:
             _threads()
-            grad_wt = ctx.csr.t_matmul(g.numpy())  # ∂L/∂Wᵀ (E8)
-            grad_w = torch.from_numpy(grad_wt).t().contiguous()
+            grad_wt = torch.from_numpy(ctx.csr.t_matmul(g.numpy()))  # ∂L/∂Wᵀ (E8)
+            # in the weight's own layout (layers keep W as the [out, in] view of Wᵀ: no copy)
+            grad_w = grad_wt.t() if weight.t().is_contiguous() else grad_wt.t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return None, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
-def _forward(csr: CSR, weight: Tensor, bias: Tensor | None) -> Tensor:
-    w = weight.detach()
-    base = None if bias is None else bias.detach().to(w.dtype).contiguous().numpy()
-    return torch.from_numpy(csr.matmul(w.t().contiguous().numpy(), base))
+def _operands(weight: Tensor, bias: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """Wᵀ ``[in, out]`` and the bias (zeros without one) as numpy arrays."""
+    w = weight.detach()  # layers keep W as the [out, in] view of Wᵀ: then .t() needs no copy
+    base = (np.zeros(w.shape[0], w.numpy().dtype) if bias is None
+            else bias.detach().to(w.dtype).contiguous().numpy())
+    return w.t().contiguous().numpy(), base
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-           max_density: float = MAX_DENSITY) -> Tensor | None:
+           max_density: float = MAX_DENSITY, *, spikes: Tensor | None = None) -> Tensor | None:
     """E1 for byte spikes ``x [..., in]`` by summing weight columns; ``None`` if not worth it.
 
     Returns ``None`` (the caller then runs the dense matmul) when :func:`usable` is false or
     more than ``max_density`` of the inputs are nonzero. The result has the weight's dtype,
     also under ``torch.autocast`` (the sums are exact in it). Gradients flow to ``weight``
-    and ``bias``; byte spikes have none.
+    and ``bias``; byte spikes have none. ``spikes``: the float tensor (same shape and values)
+    that ``x`` is the byte copy of — a hidden layer's spikes — which then gets ∂L/∂o (dense).
     """
     if not usable(x, weight) or x.numel() == 0:
         return None
@@ -245,8 +349,14 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     counts = _counts(rows)
     if counts.sum() > max_density * rows.size:
         return None
-    csr = _csr(rows, counts)
-    if torch.is_grad_enabled() and (weight.requires_grad
+    if spikes is not None and spikes.shape != x.shape:
+        raise StbpError(f"linear: spikes of shape {tuple(spikes.shape)} do not match their "
+                        f"bytes of shape {tuple(x.shape)}")
+    source = x if spikes is None else spikes
+    if torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _EventLinear.apply(x, weight, bias, csr)
-    return _forward(csr, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+        return _EventLinear.apply(source, weight, bias, rows, counts)
+    wt, base = _operands(weight, bias)
+    out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
+    _scan_matmul(rows, wt, base, out)  # no backward: no CSR to keep
+    return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
-from stbp.functional import lif_compiled, lif_numba
+from stbp.functional import lif_compiled, lif_numba, spike_bytes
 from stbp.functional.surrogate import Surrogate, SurrogateLike, get_surrogate
 
 __all__ = ["lif", "lif_reference", "LIFParams", "RESETS", "BACKENDS"]
@@ -172,7 +172,8 @@ class _LIFFunction(torch.autograd.Function):
         ctx.release = release and overwrite and fused
         ctx.released = False
         if fused:
-            spikes, membrane = lif_numba.forward(current, p, overwrite=overwrite)
+            spikes, membrane, codes = lif_numba.forward(current, p, overwrite=overwrite)
+            spike_bytes.attach(spikes, codes)  # for a next layer that sums events
         elif compiled:
             spikes, membrane = lif_compiled.forward(current, p)
         else:

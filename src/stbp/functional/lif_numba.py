@@ -113,32 +113,39 @@ if HAVE_NUMBA:
     }
 
     @nb.njit(inline="always")
-    def _forward_row(x, u, prev, spikes, mem, thr, leak0, leak1):  # pragma: no cover - compiled
-        for j in range(x.shape[0]):
+    def _forward_row(u, prev, spikes, codes, mem, thr, leak0, leak1):  # pragma: no cover
+        # mem holds x^t on entry and u^t on exit: one array read and written in place, so that
+        # the loop vectorizes (a separate x that may alias mem would defeat that)
+        for j in range(mem.shape[0]):
             # u·f(o) + x rounded once, as the eager path's fused multiply-add
-            v = _fma(u[j], leak1 if prev[j] != 0 else leak0, x[j])
+            v = _fma(u[j], leak1 if prev[j] != 0 else leak0, mem[j])
             u[j] = v
             mem[j] = v
-            spikes[j] = 1 if v >= thr else 0
+            fired = v >= thr
+            spikes[j] = 1 if fired else 0
+            codes[j] = 1 if fired else 0
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _forward_kernel(x, thr, leak0, leak1, spikes, mem):  # pragma: no cover - compiled
-        steps, n = x.shape
+    def _forward_kernel(mem, thr, leak0, leak1, spikes, codes):  # pragma: no cover - compiled
+        # mem: the current on entry, the membrane potentials on exit; spikes as mem's dtype and
+        # as bytes (codes), for a next layer that sums events
+        steps, n = mem.shape
         nblocks = (n + _BLOCK - 1) // _BLOCK
         for b in nb.prange(nblocks):
             lo = b * _BLOCK
             hi = min(lo + _BLOCK, n)
-            u = np.zeros(hi - lo, x.dtype)  # u^0 = 0, o^0 = 0
-            silent = np.zeros(hi - lo, x.dtype)
-            _forward_row(x[0, lo:hi], u, silent, spikes[0, lo:hi], mem[0, lo:hi], thr, leak0,
+            u = np.zeros(hi - lo, mem.dtype)  # u^0 = 0, o^0 = 0
+            silent = np.zeros(hi - lo, np.uint8)
+            _forward_row(u, silent, spikes[0, lo:hi], codes[0, lo:hi], mem[0, lo:hi], thr, leak0,
                          leak1)
             for t in range(1, steps):
-                _forward_row(x[t, lo:hi], u, spikes[t - 1, lo:hi], spikes[t, lo:hi],
+                _forward_row(u, codes[t - 1, lo:hi], spikes[t, lo:hi], codes[t, lo:hi],
                              mem[t, lo:hi], thr, leak0, leak1)
 
     @nb.njit(inline="always", fastmath=True)
-    def _backward_row(h, mem, gs, gm, out, nxt, thr, c0, c1, leak0, leak1, lg0, lg1, last,
+    def _backward_row(h, mem, gs, gm, nxt, thr, c0, c1, leak0, leak1, lg0, lg1, last,
                       with_grad_mem):  # pragma: no cover - compiled
+        # mem holds u^t on entry and ε^t on exit (in place, so that the loop vectorizes)
         zero = thr - thr
         for j in range(mem.shape[0]):
             u = mem[j]
@@ -152,12 +159,12 @@ if HAVE_NUMBA:
                 f = leak1 if fired else leak0
                 fp = lg1 if fired else lg0
                 e += nxt[j] * (f + u * fp * hv)
-            out[j] = e
+            mem[j] = e
             nxt[j] = e
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _backward_kernel(mem, gs, gm, thr, c0, c1, leak0, leak1, lg0, lg1, temporal,
-                         with_grad_mem, curve, eps):  # pragma: no cover - compiled
+                         with_grad_mem, curve):  # pragma: no cover - compiled
         # One top-level kernel (no closures, so numba's disk cache finds it in every process);
         # each curve's row loop is inlined on its own, so it vectorizes.
         steps, n = mem.shape
@@ -168,25 +175,25 @@ if HAVE_NUMBA:
             nxt = np.zeros(hi - lo, mem.dtype)
             for t in range(steps - 1, -1, -1):
                 g_mem = gm[t, lo:hi] if with_grad_mem else gm[0, 0:0]
-                m, g, o = mem[t, lo:hi], gs[t, lo:hi], eps[t, lo:hi]
+                m, g = mem[t, lo:hi], gs[t, lo:hi]
                 last = (not temporal) or t == steps - 1
                 if curve == 0:
-                    _backward_row(_h_rectangular, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                    _backward_row(_h_rectangular, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
                                   lg1, last, with_grad_mem)
                 elif curve == 1:
-                    _backward_row(_h_polynomial, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                    _backward_row(_h_polynomial, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
                                   lg1, last, with_grad_mem)
                 elif curve == 2:
-                    _backward_row(_h_sigmoid, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                    _backward_row(_h_sigmoid, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
                                   lg1, last, with_grad_mem)
                 elif curve == 3:
-                    _backward_row(_h_gaussian, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                    _backward_row(_h_gaussian, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
                                   lg1, last, with_grad_mem)
                 elif curve == 4:
-                    _backward_row(_h_atan, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                    _backward_row(_h_atan, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
                                   lg1, last, with_grad_mem)
                 else:
-                    _backward_row(_h_fast_sigmoid, m, g, g_mem, o, nxt, thr, c0, c1, leak0, leak1, lg0,
+                    _backward_row(_h_fast_sigmoid, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
                                   lg1, last, with_grad_mem)
 
     _CURVE_IDS = {name: i for i, name in enumerate(_CURVES)}
@@ -203,8 +210,9 @@ def _leak_values(p, dtype: torch.dtype) -> tuple[float, float, float, float]:
     return float(f[0]), float(f[1]), float(fp[0]), float(fp[1])
 
 
-def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
-    """Spikes and membrane ``[T, ...]`` of :func:`stbp.functional.lif` (no autograd here).
+def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Spikes, membrane and the spikes as bytes (``uint8``), all ``[T, ...]``, of
+    :func:`stbp.functional.lif` (no autograd here).
 
     With ``overwrite`` the membrane is written over the (contiguous) current: step t reads x^t
     before it writes u^t in the same place.
@@ -213,15 +221,16 @@ def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Ten
     x = current.detach().contiguous()
     flat = x.reshape(x.shape[0], -1)
     spikes = torch.empty_like(flat)
-    mem = flat if overwrite else torch.empty_like(flat)
+    codes = torch.empty(flat.shape, dtype=torch.uint8)
+    mem = flat if overwrite else flat.clone()
     np_dtype = np.float32 if x.dtype == torch.float32 else np.float64
     leak0, leak1, _, _ = _leak_values(p, x.dtype)
     # the threshold in the tensor's dtype and f(o) as the eager path rounds them
     _forward_kernel(
-        flat.numpy(), np_dtype(p.threshold), np_dtype(leak0), np_dtype(leak1), spikes.numpy(),
-        mem.numpy(),
+        mem.numpy(), np_dtype(p.threshold), np_dtype(leak0), np_dtype(leak1), spikes.numpy(),
+        codes.numpy(),
     )
-    return spikes.view(x.shape), mem.view(x.shape)
+    return spikes.view(x.shape), mem.view(x.shape), codes.view(x.shape)
 
 
 def backward(
@@ -242,13 +251,14 @@ def backward(
 
     gs = flat(grad_spikes) if grad_spikes is not None else np.zeros(mem.shape, mem.numpy().dtype)
     gm = flat(grad_membrane) if grad_membrane is not None else gs
-    eps = mem if in_place and mem.data_ptr() == membrane.data_ptr() else torch.empty_like(mem)
+    # the kernel turns u^t into ε^t in place: in the saved membrane itself, or in a copy
+    eps = mem if in_place and mem.data_ptr() == membrane.data_ptr() else mem.clone()
     cast = np.float32 if mem.dtype == torch.float32 else np.float64
     leak0, leak1, lgrad0, lgrad1 = _leak_values(p, mem.dtype)
     c0, c1 = _constants(p.surrogate.name, p.surrogate.width)
     _backward_kernel(
-        mem.numpy(), gs, gm, cast(p.threshold), cast(c0), cast(c1), cast(leak0), cast(leak1),
+        eps.numpy(), gs, gm, cast(p.threshold), cast(c0), cast(c1), cast(leak0), cast(leak1),
         cast(lgrad0), cast(lgrad1), bool(p.temporal), grad_membrane is not None,
-        _CURVE_IDS[p.surrogate.name], eps.numpy(),
+        _CURVE_IDS[p.surrogate.name],
     )
     return eps.view(shape)

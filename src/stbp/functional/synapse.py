@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stbp.functional import events as _events
+from stbp.functional import spike_bytes
 from stbp.functional.lif_numba import HAVE_NUMBA, nb
 
 __all__ = ["linear", "conv2d", "pack", "unpack", "is_byte_spikes", "QUANTUM"]
@@ -99,13 +100,20 @@ def _rows(n_per_row: int) -> int:
     return max(_MIN_ROWS, _CHUNK // max(1, n_per_row))
 
 
-def _save(ctx, x: Tensor, weight: Tensor) -> None:
-    """Save the input (packed when exact; only when a weight gradient needs it) and W.
+def _save(ctx, x: Tensor, weight: Tensor, *, rows: bool = False) -> None:
+    """Save the input (packed when exact; only when a weight gradient needs it) and W;
+    ``rows=True`` saves it as ``[rows, features]``.
 
-    Spikes given as bytes (``uint8``/``bool`` 0/1) are saved as they are (value = code)."""
+    Spikes given as bytes (``uint8``/``bool`` 0/1), or float spikes that carry their bytes
+    (:mod:`stbp.functional.spike_bytes`), are saved as those bytes (value = code)."""
     ctx.quantum = QUANTUM
-    if is_byte_spikes(x):
-        codes = x.view(torch.uint8) if x.dtype == torch.bool else x
+    attached = spike_bytes.lookup(x)
+    if rows:
+        x = x.reshape(-1, x.shape[-1])
+        attached = None if attached is None else attached.reshape(x.shape)
+    if is_byte_spikes(x) or attached is not None:
+        codes = attached if attached is not None else (
+            x.view(torch.uint8) if x.dtype == torch.bool else x)
         ctx.quantum = 1
     else:
         codes = pack(x) if weight.requires_grad else None
@@ -128,7 +136,7 @@ class _Linear(torch.autograd.Function):
         out = _linear_forward(x, weight, bias)
         ctx.dtype = out.dtype
         ctx.has_bias = bias is not None
-        _save(ctx, x.reshape(-1, x.shape[-1]), weight)
+        _save(ctx, x, weight, rows=True)
         ctx.in_shape = x.shape
         return out
 
@@ -246,6 +254,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
     """
     if events and is_byte_spikes(x):
         out = _events.linear(x, weight, bias)
+        if out is not None:
+            return out
+    codes = spike_bytes.lookup(x)  # a fused LIF's spikes carry their bytes
+    if events and codes is not None and x.dtype == weight.dtype:
+        out = _events.linear(codes, weight, bias, spikes=x)
         if out is not None:
             return out
     if not _tracks(x, weight, bias):
