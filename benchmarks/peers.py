@@ -2,6 +2,8 @@
 
 A step = Bernoulli encoding of a batch, forward over T steps, backward, Adam update, for the
 paper's MNIST MLP 784-800-10 (and, with ``--cnn``, the paper's CNN) with the MSE-on-rate loss.
+The batch is real MNIST training digits (``--input noise``: uniform noise of MNIST's mean
+intensity, which needs no data); every case gets the same spikes' statistics.
 Each case runs in its own subprocesses (one timed, one for memory) so that its peak memory is
 its own; the table gives the median ms/step, samples/s, the peak memory a step adds on top of
 the model and data, the ratio
@@ -173,8 +175,24 @@ def _floor(kind: str):
 
 
 # ----------------------------------------------------------------------------- one case
+def _images(batch: int, data_dir: str | None, device: str, gen):
+    """A batch of the MNIST training digits (intensities in [0, 1], a fixed random draw), or,
+    with no ``data_dir``, uniform noise of MNIST's mean intensity; and its labels."""
+    import torch
+
+    if data_dir is None:
+        images = torch.rand(batch, 1, 28, 28, generator=gen, device=device) * 0.26
+        return images, torch.randint(0, 10, (batch,), generator=gen, device=device)
+    from stbp.data.mnist import load_mnist
+
+    train = load_mnist(data_dir)["train"]
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:batch]
+    images = train.images[pick].float().div(255).unsqueeze(1)
+    return images.to(device), train.labels[pick].to(device)
+
+
 def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: int,
-           threads: int, device: str = "cpu") -> dict:
+           threads: int, device: str = "cpu", data_dir: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -194,8 +212,7 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator(device).manual_seed(0)
-    images = torch.rand(batch, 1, 28, 28, generator=gen, device=device) * 0.26  # MNIST's mean
-    labels = torch.randint(0, 10, (batch,), generator=gen, device=device)
+    images, labels = _images(batch, data_dir, device, gen)
     onehot = torch.nn.functional.one_hot(labels, 10).float()
 
     # Bernoulli spikes of the same intensities: stbp's cases encode with stbp's encoder, as
@@ -259,6 +276,8 @@ def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> di
     cmd = [sys.executable, __file__, "--worker", case, "--kind", kind, "--steps-t", str(steps_t),
            "--batch", str(args.batch), "--iters", str(iters), "--warmup", str(warmup),
            "--threads", str(args.threads), "--device", args.device]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
     if res.returncode != 0:
         print(f"  {case}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -347,13 +366,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--device", default="cpu",
                     help="cpu, or cuda: stbp's default path there is torch.compile (Triton)")
+    ap.add_argument("--input", choices=("mnist", "noise"), default="mnist",
+                    help="mnist: a batch of real training digits (default); noise: uniform noise "
+                    "of MNIST's mean intensity (no data needed)")
+    ap.add_argument("--data-dir", help="the MNIST folder (default: $STBP_DATA/mnist, the cache, "
+                    "or a download, as stbp train finds it)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="mlp", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.kind, args.steps_t[0], args.batch, args.iters,
-                                args.warmup, args.threads, args.device)))
+                                args.warmup, args.threads, args.device, args.data_dir)))
         return 0
+    if args.input == "mnist":  # find (or fetch) MNIST once; the workers read that folder
+        from stbp.data.mnist import locate_mnist
+        from stbp.errors import StbpError
+
+        try:
+            args.data_dir = str(locate_mnist(args.data_dir))
+        except StbpError as err:
+            ap.error(f"{err} (or use --input noise)")
+    else:
+        args.data_dir = None
     if args.device != "cpu":
         import torch
 
@@ -363,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
-          f"median of {args.iters} steps after {args.warmup} warm-up"
+          f"median of {args.iters} steps after {args.warmup} warm-up; input: "
+          + ("MNIST training digits" if args.data_dir else "uniform noise of MNIST's mean")
           + (f"; median of {args.repeat} interleaved runs per case" if args.repeat > 1 else ""))
     wanted = set(args.cases.split(",")) if args.cases else None
     all_rows = []

@@ -35,10 +35,11 @@ __all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
 #: sums take ~20 % of the dense forward's time and ~36 % of forward + backward at 13 % density,
 #: and their cost grows in proportion to the density)
 MAX_DENSITY = 0.25
-_CACHE_BYTES = 2 << 20
+_CACHE_BYTES = 768 << 10  # under one core's L2 (1 MiB here): both cores read the whole chunk
 _ROWS = 64  # rows per task of the parallel kernels
 _PRIVATE_BYTES = 256 << 10  # a weight gradient this small is summed in parts, then added
 _PARTS = 8
+_MIN_CHUNK = 16  # rows
 
 if HAVE_NUMBA:
 
@@ -83,69 +84,88 @@ if HAVE_NUMBA:
             j += 1
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _fill_matmul(x, indptr, index, value, dense, base, out, with_out):  # pragma: no cover
-        # the CSR lists of x's rows (indptr given) and, with_out, out[r] = base + x[r] @ dense
+    def _fill_matmul(x, order, indptr, index, value, dense, base, out,
+                     with_out):  # pragma: no cover - compiled
+        # CSR row i lists x[order[i]] (indptr given) and, with_out, out[r] = base + x[r] @ dense
         # in the same pass over the bytes
         rows, cols = x.shape
         nchunks = (rows + _ROWS - 1) // _ROWS
         for ch in nb.prange(nchunks):
             idx = np.empty(cols + 1, index.dtype)
-            for r in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
+            for i in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
+                r = order[i]
                 xr = x[r]
                 m = _compact(xr, idx)
-                j = indptr[r]
-                for i in range(m):
-                    k = idx[i]
-                    index[j + i] = k
-                    value[j + i] = xr[k]
+                j = indptr[i]
+                for e in range(m):
+                    k = idx[e]
+                    index[j + e] = k
+                    value[j + e] = xr[k]
                 if with_out:
                     o = out[r]
                     o[:] = base
                     _accumulate(xr, idx, m, dense, o)
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _scatter_t_matmul(indptr, index, value, dense, parts):  # pragma: no cover - compiled
-        # parts[p] = Σ over part p's rows r and their entries j: value[j] · dense[r] added into
-        # row index[j] — selfᵀ @ dense with one private accumulator per part (no transpose)
+    def _scatter_t_matmul(indptr, index, value, order, dense, parts):  # pragma: no cover
+        # parts[p] = Σ over part p's rows i and their entries j: value[j] · dense[order[i]]
+        # added into row index[j] — selfᵀ @ dense with one private accumulator per part
         rows = indptr.shape[0] - 1
         nparts = parts.shape[0]
         step = (rows + nparts - 1) // nparts
         for p in nb.prange(nparts):
             acc = parts[p]
             acc[:] = 0
-            for r in range(p * step, min(rows, (p + 1) * step)):
-                d = dense[r]
-                for j in range(indptr[r], indptr[r + 1]):
+            for i in range(p * step, min(rows, (p + 1) * step)):
+                d = dense[order[i]]
+                for j in range(indptr[i], indptr[i + 1]):
                     o = acc[index[j]]
                     w = dense.dtype.type(value[j])
                     for c in range(d.shape[0]):
                         o[c] += w * d[c]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _scan_matmul(x, dense, base, out):  # pragma: no cover - compiled
-        # out[r] = base + x[r] @ dense straight from the bytes (no CSR kept: no backward)
+    def _scan_matmul(x, order, dense, base, out):  # pragma: no cover - compiled
+        # out[r] = base + x[r] @ dense straight from the bytes (no CSR kept: no backward),
+        # rows taken in the given order
         rows, cols = x.shape
         nchunks = (rows + _ROWS - 1) // _ROWS
         for ch in nb.prange(nchunks):
             idx = np.empty(cols + 1, np.int32)
-            for r in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
+            for i in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
+                r = order[i]
                 xr = x[r]
                 m = _compact(xr, idx)
                 o = out[r]
                 o[:] = base
                 _accumulate(xr, idx, m, dense, o)
 
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _transpose_chunks(indptr, index, value, order, cols, bounds, t_indptr, t_index,
+                          t_value):  # pragma: no cover - compiled
+        # the transpose of each chunk of rows bounds[c]:bounds[c+1], all chunks at once: chunk
+        # c's lists go to t_index/t_value[indptr[bounds[c]]:indptr[bounds[c+1]]], with
+        # t_indptr[c] counted from there
+        for c in nb.prange(bounds.shape[0] - 1):
+            lo, hi = bounds[c], bounds[c + 1]
+            a, b = indptr[lo], indptr[hi]
+            _transpose(indptr[lo:hi + 1] - a, index[a:b], value[a:b], order[lo:hi], cols,
+                       t_indptr[c], t_index[a:b], t_value[a:b])
+
     @nb.njit(cache=True, nogil=True)
-    def _transpose(indptr, index, value, cols, t_indptr, t_index, t_value):  # pragma: no cover
-        # counting sort by column: CSR of the transposed matrix, rows in increasing order
+    def _transpose(indptr, index, value, order, cols, t_indptr, t_index,
+                   t_value):  # pragma: no cover - compiled
+        # counting sort by column: CSR of the transposed matrix, whose entries name the rows of
+        # the original matrix (order[i] for row i), in the order of the rows
         rows = indptr.shape[0] - 1
         for j in range(index.shape[0]):
             t_indptr[index[j] + 1] += 1
         for k in range(cols):
             t_indptr[k + 1] += t_indptr[k]
         fill = t_indptr[:-1].copy()
-        for r in range(rows):
-            for j in range(indptr[r], indptr[r + 1]):
+        for i in range(rows):
+            r = order[i]
+            for j in range(indptr[i], indptr[i + 1]):
                 k = index[j]
                 t_index[fill[k]] = r
                 t_value[fill[k]] = value[j]
@@ -185,36 +205,47 @@ def usable(x: Tensor, weight: Tensor) -> bool:
 
 
 class CSR:
-    """Compressed sparse rows of a ``[rows, cols]`` byte matrix (numpy arrays)."""
+    """Compressed sparse rows of a ``[rows, cols]`` byte matrix (numpy arrays).
 
-    __slots__ = ("indptr", "index", "value", "shape")
+    Row i holds row ``order[i]`` of the matrix it was made from (the layers list the rows of
+    ``[T, B, cols]`` spikes sample by sample, all T steps of one sample together, so that the
+    weight rows one digit's pixels touch stay in the cache); ``matmul`` writes its result in
+    the CSR's own row order, ``t_matmul`` reads ``dense`` in the original one.
+    """
+
+    __slots__ = ("indptr", "index", "value", "shape", "order")
 
     def __init__(self, indptr: np.ndarray, index: np.ndarray, value: np.ndarray,
-                 shape: tuple[int, int]):
+                 shape: tuple[int, int], order: np.ndarray | None = None):
         self.indptr, self.index, self.value, self.shape = indptr, index, value, shape
+        self.order = np.arange(shape[0], dtype=np.int64) if order is None else order
 
     @property
     def nnz(self) -> int:
         return int(self.indptr[-1])
 
-    def transpose(self) -> CSR:
+    def transpose(self, rows_total: int | None = None) -> CSR:
+        """The transposed matrix; its entries name original rows (``order``), of which there
+        are ``rows_total`` (default: this CSR's row count)."""
         rows, cols = self.shape
+        total = rows if rows_total is None else rows_total
         t_indptr = np.zeros(cols + 1, np.int64)
-        t_index = np.empty(self.nnz, _index_dtype(rows))
+        t_index = np.empty(self.nnz, _index_dtype(total))
         t_value = np.empty(self.nnz, np.uint8)
-        _transpose(self.indptr, self.index, self.value, cols, t_indptr, t_index, t_value)
-        return CSR(t_indptr, t_index, t_value, (cols, rows))
+        _transpose(self.indptr, self.index, self.value, self.order, cols, t_indptr, t_index,
+                   t_value)
+        return CSR(t_indptr, t_index, t_value, (cols, total))
 
     def rows(self, lo: int, hi: int) -> CSR:
-        """Rows ``lo:hi`` (the column lists are views)."""
+        """Rows ``lo:hi`` (the column lists are views; ``order`` still names original rows)."""
         a, b = int(self.indptr[lo]), int(self.indptr[hi])
         return CSR(self.indptr[lo:hi + 1] - a, self.index[a:b], self.value[a:b],
-                   (hi - lo, self.shape[1]))
+                   (hi - lo, self.shape[1]), self.order[lo:hi])
 
     def matmul(self, dense: np.ndarray, base: np.ndarray | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
         """``base + self @ dense`` (``dense``: ``[cols, n]``, ``base``: ``[n]`` or zeros), or
-        ``out += self @ dense`` when ``out`` is given."""
+        ``out += self @ dense`` when ``out`` is given; row i of the result is CSR row i."""
         n = dense.shape[1]
         init = out is None
         if out is None:
@@ -224,24 +255,31 @@ class CSR:
         return out
 
     def t_matmul(self, dense: np.ndarray) -> np.ndarray:
-        """``selfᵀ @ dense`` (``dense``: ``[rows, n]``), summed over chunks of rows whose part
-        of ``dense`` fits in the cache (``_CACHE_BYTES``): the rows are read in the order of each
-        column's entries, and from main memory that is several times slower. A narrow result
-        (it fits in ``_PRIVATE_BYTES``, as an output layer's does) is
-        scattered into straight from the rows instead, with no transpose, in ``_PARTS`` private
-        copies summed at the end."""
+        """``Aᵀ @ dense`` for the original matrix A (``dense``: ``[rows, n]`` in A's row
+        order), summed over chunks of rows whose part of ``dense`` fits in the cache
+        (``_CACHE_BYTES``): the rows are read in the order of each column's entries, and from
+        main memory that is several times slower. A narrow result (it fits in
+        ``_PRIVATE_BYTES``, as an output layer's does) is scattered into straight from the rows
+        instead, with no transpose, in ``_PARTS`` private copies summed at the end."""
         rows, n = dense.shape
         if self.shape[1] * n * dense.itemsize <= _PRIVATE_BYTES:
             # a fixed number of parts (not one per thread), so the sum does not depend on the
             # thread count
             acc = np.empty((_PARTS, self.shape[1], n), dense.dtype)
-            _scatter_t_matmul(self.indptr, self.index, self.value, dense, acc)
+            _scatter_t_matmul(self.indptr, self.index, self.value, self.order, dense, acc)
             return acc.sum(0)
         out = np.zeros((self.shape[1], n), dense.dtype)
-        step = max(256, _CACHE_BYTES // max(1, n * dense.itemsize))
-        for lo in range(0, rows, step):
-            hi = min(rows, lo + step)
-            self.rows(lo, hi).transpose().matmul(dense[lo:hi], out=out)
+        step = max(_MIN_CHUNK, _CACHE_BYTES // max(1, n * dense.itemsize))
+        bounds = np.append(np.arange(0, self.shape[0], step), self.shape[0]).astype(np.int64)
+        cols = self.shape[1]
+        t_indptr = np.zeros((len(bounds) - 1, cols + 1), np.int64)
+        t_index = np.empty(self.nnz, _index_dtype(rows))
+        t_value = np.empty(self.nnz, np.uint8)
+        _transpose_chunks(self.indptr, self.index, self.value, self.order, cols, bounds,
+                          t_indptr, t_index, t_value)  # the chunks' transposes in parallel
+        for c in range(len(bounds) - 1):
+            a, b = int(self.indptr[bounds[c]]), int(self.indptr[bounds[c + 1]])
+            CSR(t_indptr[c], t_index[a:b], t_value[a:b], (cols, rows)).matmul(dense, out=out)
         return out
 
 
@@ -262,30 +300,46 @@ def _byte_rows(x: Tensor) -> np.ndarray:
     return (rows.view(torch.uint8) if rows.dtype == torch.bool else rows).numpy()
 
 
-def to_csr(x: Tensor) -> CSR:
-    """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]``."""
+def _sample_order(shape: torch.Size) -> np.ndarray:
+    """The rows of ``[T, B, ..., cols]`` spikes listed sample by sample (row t·B + b at
+    position b·T + t): one sample's T steps spike on the same few inputs (a digit's strokes),
+    so their weight rows are reused from the cache. Other shapes keep their order."""
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    if len(shape) < 3 or shape[0] < 2 or rows == 0:
+        return np.arange(rows, dtype=np.int64)
+    steps = int(shape[0])
+    per_step = rows // steps
+    return (np.arange(steps, dtype=np.int64)[None, :] * per_step
+            + np.arange(per_step, dtype=np.int64)[:, None]).reshape(-1)
+
+
+def to_csr(x: Tensor, order: np.ndarray | None = None) -> CSR:
+    """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]`` (row i holding
+    row ``order[i]``; default: the rows in order)."""
     rows = _byte_rows(x)
-    return _csr(rows, _counts(rows))[0]
+    return _csr(rows, _counts(rows), order)[0]
 
 
-def _csr(rows_np: np.ndarray, counts: np.ndarray, dense: np.ndarray | None = None,
+def _csr(rows_np: np.ndarray, counts: np.ndarray, order: np.ndarray | None = None,
+         dense: np.ndarray | None = None,
          base: np.ndarray | None = None) -> tuple[CSR, np.ndarray | None]:
-    """The CSR form of ``rows_np`` and, with ``dense``, ``base + rows_np @ dense`` computed in
-    the same pass."""
-    indptr = np.zeros(rows_np.shape[0] + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
+    """The CSR form of ``rows_np`` (rows listed in ``order``) and, with ``dense``,
+    ``base + rows_np @ dense`` (in the original row order) computed in the same pass."""
     rows, cols = rows_np.shape
+    order = np.arange(rows, dtype=np.int64) if order is None else order
+    indptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(counts[order], out=indptr[1:])
     index = np.empty(int(indptr[-1]), _index_dtype(cols))
     value = np.empty(int(indptr[-1]), np.uint8)
     if dense is None:
         out = None
-        _fill_matmul(rows_np, indptr, index, value, np.zeros((1, 1), np.float32),
+        _fill_matmul(rows_np, order, indptr, index, value, np.zeros((1, 1), np.float32),
                      np.zeros(1, np.float32), np.zeros((1, 1), np.float32), False)
     else:
         out = np.empty((rows, dense.shape[1]), dense.dtype)
-        _fill_matmul(rows_np, indptr, index, value, dense,
+        _fill_matmul(rows_np, order, indptr, index, value, dense,
                      np.zeros(dense.shape[1], dense.dtype) if base is None else base, out, True)
-    return CSR(indptr, index, value, (rows, cols)), out
+    return CSR(indptr, index, value, (rows, cols), order), out
 
 
 class _EventLinear(torch.autograd.Function):
@@ -293,7 +347,8 @@ class _EventLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
                 rows: np.ndarray, counts: np.ndarray):
         wt, base = _operands(weight, bias)
-        csr, out_np = _csr(rows, counts, wt, base)  # one pass: the CSR kept and the current
+        # one pass: the CSR kept (listed sample by sample) and the current
+        csr, out_np = _csr(rows, counts, _sample_order(x.shape), wt, base)
         out = torch.from_numpy(out_np)
         ctx.csr = csr
         ctx.has_bias = bias is not None
@@ -358,5 +413,5 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
         return _EventLinear.apply(source, weight, bias, rows, counts)
     wt, base = _operands(weight, bias)
     out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
-    _scan_matmul(rows, wt, base, out)  # no backward: no CSR to keep
+    _scan_matmul(rows, _sample_order(x.shape), wt, base, out)  # no backward: no CSR to keep
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
