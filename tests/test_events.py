@@ -294,3 +294,58 @@ def test_narrow_weight_gradient_is_summed_in_private_parts(monkeypatch):
         grads.append(_grads(events.linear, x, w, b)[1])
     torch.testing.assert_close(grads[0], ref[1], rtol=1e-5, atol=1e-4)
     assert torch.equal(grads[0], grads[1])
+
+
+def test_hidden_spike_gradient_is_handed_back_factored():
+    """The next layer leaves (ε, W) with the LIF node instead of making ∂L/∂o; the result is
+    the dense path's. A user who asks for the hidden spikes' own gradient (retain_grad) gets
+    it, and the graph is freed by reference counting (no cycle through the handoff)."""
+    import gc
+    import weakref
+
+    w, b = torch.randn(7, 40), torch.randn(7)
+    grads = {}
+    for mode in ("handoff", "retain", "dense"):
+        current, spikes = _hidden()
+        if mode == "retain":
+            spikes.retain_grad()
+        out = synapse.linear(spikes, w, b, events=mode != "dense")
+        node, output = out.grad_fn.next_functions[0]
+        if mode != "dense":
+            # through the handoff the layer's input is the LIF node's link (its third output),
+            # else the spikes (its first)
+            assert type(node).__name__ == "_LIFFunctionBackward"
+            assert output == (2 if mode == "handoff" else 0)
+        err = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        out.backward(err)
+        grads[mode] = current.grad
+        if mode == "retain":
+            torch.testing.assert_close(spikes.grad, (err.reshape(-1, 7) @ w).reshape(spikes.shape))
+    torch.testing.assert_close(grads["handoff"], grads["dense"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads["retain"], grads["dense"], rtol=1e-5, atol=1e-6)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        current, spikes = _hidden()
+        out = synapse.linear(spikes, w, b)
+        node = weakref.ref(out.grad_fn.next_functions[0][0])
+        out.sum().backward()
+        del out, spikes, current
+        assert node() is None
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_two_layers_reading_the_same_hidden_spikes():
+    """Two event-driven layers on one LIF's spikes: two factored terms, one made densely."""
+    results = []
+    for use_events in (True, False):
+        current, spikes = _hidden()
+        g = torch.Generator().manual_seed(4)
+        w1, w2 = torch.randn(7, 40, generator=g), torch.randn(3, 40, generator=g)
+        loss = (synapse.linear(spikes, w1, events=use_events).pow(2).sum()
+                + synapse.linear(spikes, w2, events=use_events).sum())
+        loss.backward()
+        results.append(current.grad)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)

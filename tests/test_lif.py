@@ -170,3 +170,33 @@ def test_backend_choice_and_errors():
         lif(x.detach().half(), decay=0.5, threshold=0.3, backend="numba")
     with pytest.raises(StbpError, match="unknown backend 'cuda'"):
         lif(x, decay=0.5, threshold=0.3, backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "surrogate,reset,temporal",
+    list(itertools.product(sorted(SURROGATES), RESETS, [True, False])),
+)
+def test_factored_spike_gradient_equals_the_dense_one(surrogate, reset, temporal):
+    """The numba backward forming a next layer's ∂L/∂o = ε W itself, a sample row at a time,
+    gives the gradient of the dense ∂L/∂o — alone, added to a dense gradient on the spikes,
+    and with a gradient on the membrane."""
+    from stbp.functional import lif_numba
+
+    p = LIFParams.make(decay=0.3, threshold=0.4, surrogate=surrogate, width=0.8, reset=reset,
+                       temporal=temporal)
+    steps, rows, feats, k = 6, 3, 5, 4
+    x = _current((steps, rows, feats), seed=3)
+    _, membrane, _ = lif_numba.forward(x.detach(), p)
+    g = torch.Generator().manual_seed(9)
+    err = torch.randn(steps * rows, k, generator=g, dtype=torch.float64)
+    w = torch.randn(k, feats, generator=g, dtype=torch.float64)
+    err[1] = 0  # rows without error are skipped
+    dense = (err @ w).reshape(steps, rows, feats)
+    other = torch.randn(steps, rows, feats, generator=g, dtype=torch.float64)
+    for spikes_grad, mem_grad in ((None, None), (other, None), (None, other), (other, other)):
+        ref = lif_numba.backward(membrane, dense if spikes_grad is None else dense + spikes_grad,
+                                 mem_grad, p)
+        ours = lif_numba.backward(membrane, spikes_grad, mem_grad, p, factored=(err, w))
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="does not fit"):
+        lif_numba.backward(membrane, None, None, p, factored=(err[:-1], w))

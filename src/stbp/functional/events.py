@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
+from stbp.functional import spike_bytes
 from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
 
 __all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
@@ -344,25 +345,33 @@ def _csr(rows_np: np.ndarray, counts: np.ndarray, order: np.ndarray | None = Non
 
 class _EventLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
-                rows: np.ndarray, counts: np.ndarray):
+    def forward(ctx, source: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                rows: np.ndarray, counts: np.ndarray, in_shape: torch.Size,
+                handoff: spike_bytes.Handoff | None):
+        # source: the byte input (no gradient), float spikes (∂L/∂o made densely), or a LIF
+        # node's handoff link (∂L/∂o left with it as factors)
         wt, base = _operands(weight, bias)
         # one pass: the CSR kept (listed sample by sample) and the current
-        csr, out_np = _csr(rows, counts, _sample_order(x.shape), wt, base)
-        out = torch.from_numpy(out_np)
+        csr, out_np = _csr(rows, counts, _sample_order(in_shape), wt, base)
         ctx.csr = csr
         ctx.has_bias = bias is not None
-        ctx.in_shape = x.shape
+        ctx.in_shape = in_shape
+        ctx.handoff = handoff
+        ctx.link_dtype = source.dtype
         ctx.save_for_backward(weight)
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        return torch.from_numpy(out_np).reshape(*in_shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(weight.dtype).contiguous()
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:  # float spikes that carry bytes: ∂L/∂o = Wᵀ ε, dense
-            grad_x = (g @ weight).reshape(ctx.in_shape)
+        if ctx.needs_input_grad[0]:
+            if ctx.handoff is not None:  # ∂L/∂o = ε W, formed inside the LIF's backward
+                ctx.handoff.terms.append((g, weight))
+                grad_x = torch.ones((), dtype=ctx.link_dtype)  # one term left
+            else:  # float spikes: ∂L/∂o = ε W, dense
+                grad_x = (g @ weight).reshape(ctx.in_shape)
         if ctx.needs_input_grad[1]:
             _threads()
             grad_wt = torch.from_numpy(ctx.csr.t_matmul(g.numpy()))  # ∂L/∂Wᵀ (E8)
@@ -370,7 +379,7 @@ class _EventLinear(torch.autograd.Function):
             grad_w = grad_wt.t() if weight.t().is_contiguous() else grad_wt.t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _operands(weight: Tensor, bias: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
@@ -407,10 +416,18 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     if spikes is not None and spikes.shape != x.shape:
         raise StbpError(f"linear: spikes of shape {tuple(spikes.shape)} do not match their "
                         f"bytes of shape {tuple(x.shape)}")
-    source = x if spikes is None else spikes
+    source, hand = x, None
+    if spikes is not None:
+        found = spike_bytes.handoff(spikes)
+        # a user who asked for the spikes' own gradient (retain_grad, a hook) gets it densely
+        watched = spikes.retains_grad or bool(spikes._backward_hooks)
+        if found is not None and found[1].requires_grad and not watched:
+            hand, source = found
+        else:
+            source = spikes
     if torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _EventLinear.apply(source, weight, bias, rows, counts)
+        return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand)
     wt, base = _operands(weight, bias)
     out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
     _scan_matmul(rows, _sample_order(x.shape), wt, base, out)  # no backward: no CSR to keep

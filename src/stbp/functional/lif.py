@@ -171,9 +171,13 @@ class _LIFFunction(torch.autograd.Function):
         # the backward may write ε over the saved membrane when nobody else can read it
         ctx.release = release and overwrite and fused
         ctx.released = False
+        link = current.new_zeros(())  # routes a next layer's factored gradient here
+        ctx.handoff = None
         if fused:
             spikes, membrane, codes = lif_numba.forward(current, p, overwrite=overwrite)
-            spike_bytes.attach(spikes, codes)  # for a next layer that sums events
+            ctx.handoff = spike_bytes.Handoff()
+            # for a next layer that sums events, and hands ∂L/∂o back factored
+            spike_bytes.attach(spikes, codes, ctx.handoff, link)
         elif compiled:
             spikes, membrane = lif_compiled.forward(current, p)
         else:
@@ -184,13 +188,17 @@ class _LIFFunction(torch.autograd.Function):
         ctx.compiled = compiled
         ctx.save_for_backward(membrane, spikes if smooth else None)
         ctx.set_materialize_grads(False)
-        return spikes, membrane
+        return spikes, membrane, link
 
     @staticmethod
-    def backward(ctx, grad_spikes: Tensor | None, grad_membrane: Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_spikes: Tensor | None, grad_membrane: Tensor | None,  # type: ignore[override]
+                 grad_link: Tensor | None):
         membrane, saved_spikes = ctx.saved_tensors
         p: LIFParams = ctx.p
-        if grad_spikes is None and grad_membrane is None:
+        # the factored terms next layers left this pass (grad_link counts them)
+        terms = ([] if grad_link is None or ctx.handoff is None
+                 else ctx.handoff.take(round(float(grad_link))))
+        if grad_spikes is None and grad_membrane is None and not terms:
             return None, None, None, None, None
         if ctx.released:
             raise StbpError(
@@ -200,8 +208,12 @@ class _LIFFunction(torch.autograd.Function):
             )
         if ctx.fused:
             ctx.released = ctx.release
+            for g, w in terms[1:]:  # more than one next layer: all but one made densely
+                dense = (g @ w).reshape(membrane.shape)
+                grad_spikes = dense if grad_spikes is None else grad_spikes + dense
             eps = lif_numba.backward(membrane, grad_spikes, grad_membrane, p,
-                                     in_place=ctx.release)
+                                     in_place=ctx.release,
+                                     factored=terms[0] if terms else None)
             return eps, None, None, None, None
         if ctx.compiled:
             eps = lif_compiled.backward(membrane, grad_spikes, grad_membrane, p)
@@ -284,8 +296,8 @@ def lif_with(
     potentials, so a second backward through the same graph raises an error.
     """
     _check_current(current)
-    spikes, membrane = _LIFFunction.apply(current, p, smooth, overwrite,
-                                          release and not return_membrane)
+    spikes, membrane, _ = _LIFFunction.apply(current, p, smooth, overwrite,
+                                             release and not return_membrane)
     return (spikes, membrane) if return_membrane else spikes
 
 

@@ -163,19 +163,42 @@ if HAVE_NUMBA:
             nxt[j] = e
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _backward_kernel(mem, gs, gm, thr, c0, c1, leak0, leak1, lg0, lg1, temporal,
-                         with_grad_mem, curve):  # pragma: no cover - compiled
+    def _backward_kernel(mem, gs, gm, fg, fw, thr, c0, c1, leak0, leak1, lg0, lg1, temporal,
+                         with_grad_spikes, with_grad_mem, factored,
+                         curve):  # pragma: no cover - compiled
         # One top-level kernel (no closures, so numba's disk cache finds it in every process);
-        # each curve's row loop is inlined on its own, so it vectorizes.
+        # each curve's row loop is inlined on its own, so it vectorizes. ``factored``: the
+        # spikes' gradient is (also) fg @ fw — a next layer's error times its weights — made
+        # here one sample row (fw.shape[1] neurons) at a time instead of read from memory.
         steps, n = mem.shape
-        nblocks = (n + _BLOCK - 1) // _BLOCK
+        size = fw.shape[1] if factored else _BLOCK
+        per_step = n // size  # sample rows per time step (factored)
+        nblocks = (n + size - 1) // size
         for b in nb.prange(nblocks):
-            lo = b * _BLOCK
-            hi = min(lo + _BLOCK, n)
+            lo = b * size
+            hi = min(lo + size, n)
             nxt = np.zeros(hi - lo, mem.dtype)
+            grow = np.zeros(hi - lo, mem.dtype)
             for t in range(steps - 1, -1, -1):
                 g_mem = gm[t, lo:hi] if with_grad_mem else gm[0, 0:0]
-                m, g = mem[t, lo:hi], gs[t, lo:hi]
+                m = mem[t, lo:hi]
+                if factored:
+                    if with_grad_spikes:
+                        grow[:] = gs[t, lo:hi]
+                    else:
+                        grow[:] = 0
+                    r = t * per_step + b
+                    for k in range(fw.shape[0]):
+                        a = fg[r, k]
+                        if a != 0:
+                            wk = fw[k]
+                            for c in range(hi - lo):
+                                grow[c] += a * wk[c]
+                    g = grow
+                elif with_grad_spikes:
+                    g = gs[t, lo:hi]
+                else:
+                    g = grow  # zeros
                 last = (not temporal) or t == steps - 1
                 if curve == 0:
                     _backward_row(_h_rectangular, m, g, g_mem, nxt, thr, c0, c1, leak0, leak1, lg0,
@@ -235,30 +258,43 @@ def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Ten
 
 def backward(
     membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None, p,
-    *, in_place: bool = False,
+    *, in_place: bool = False, factored: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """ε = ∂L/∂x for all t (E6–E7), from the saved membrane and the incoming gradients.
 
     ``in_place=True`` writes ε over the (contiguous) membrane: step t reads u^t before it writes
-    ε^t in the same place.
+    ε^t in the same place. ``factored=(g, w)`` adds ``g @ w`` to the spikes' gradient without
+    making it: ``g`` is a next layer's error ``[T·R, K]`` (R sample rows per step), ``w`` its
+    weight ``[K, F]`` over the F neurons of a sample row (``membrane``: ``[T, R, ..., F]``).
     """
     _threads()
     shape = membrane.shape
     mem = membrane.contiguous().reshape(shape[0], -1)
+    dtype = mem.numpy().dtype
 
     def flat(g: Tensor) -> np.ndarray:
         return g.detach().to(mem.dtype).contiguous().reshape(mem.shape).numpy()
 
-    gs = flat(grad_spikes) if grad_spikes is not None else np.zeros(mem.shape, mem.numpy().dtype)
+    gs = flat(grad_spikes) if grad_spikes is not None else np.zeros((1, 1), dtype)
     gm = flat(grad_membrane) if grad_membrane is not None else gs
+    if factored is None:
+        fg, fw = np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
+    else:
+        g, w = factored
+        fg = g.detach().to(mem.dtype).contiguous().numpy()
+        fw = w.detach().to(mem.dtype).contiguous().numpy()
+        if fw.shape[1] == 0 or mem.shape[1] % fw.shape[1] or fg.shape != (
+                mem.shape[0] * (mem.shape[1] // fw.shape[1]), fw.shape[0]):
+            raise ValueError(f"factored gradient {tuple(fg.shape)} @ {tuple(fw.shape)} does not "
+                             f"fit a membrane of shape {tuple(shape)}")
     # the kernel turns u^t into ε^t in place: in the saved membrane itself, or in a copy
     eps = mem if in_place and mem.data_ptr() == membrane.data_ptr() else mem.clone()
     cast = np.float32 if mem.dtype == torch.float32 else np.float64
     leak0, leak1, lgrad0, lgrad1 = _leak_values(p, mem.dtype)
     c0, c1 = _constants(p.surrogate.name, p.surrogate.width)
     _backward_kernel(
-        eps.numpy(), gs, gm, cast(p.threshold), cast(c0), cast(c1), cast(leak0), cast(leak1),
-        cast(lgrad0), cast(lgrad1), bool(p.temporal), grad_membrane is not None,
-        _CURVE_IDS[p.surrogate.name],
+        eps.numpy(), gs, gm, fg, fw, cast(p.threshold), cast(c0), cast(c1), cast(leak0),
+        cast(leak1), cast(lgrad0), cast(lgrad1), bool(p.temporal), grad_spikes is not None,
+        grad_membrane is not None, factored is not None, _CURVE_IDS[p.surrogate.name],
     )
     return eps.view(shape)

@@ -8,28 +8,69 @@ and packing the floats again. The copy is trusted only while the float tensor is
 (its in-place version counter is compared), and only for the very tensor it was attached to
 (a view, a reshape or a copy does not carry it), so a modified input can never be summed from
 stale bytes.
+
+With the bytes comes a :class:`Handoff`: the way back for the spikes' gradient. Such a layer's
+∂L/∂o = Wᵀ ε (E8's error passed down) is not made as a dense ``[T, B, neurons]`` tensor;
+the layer leaves the factors (ε, W) with the handoff, and the LIF's backward kernel forms the
+product one sample row at a time while it runs the recursion (E6–E7). To route the call,
+the layer's autograd input is the handoff's ``link``, a scalar output of the LIF node: each
+layer that left a term returns 1 as the link's gradient, so the LIF node receives the number
+of terms this backward pass left (the newest ones), whatever partial passes came before.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["attach", "lookup"]
+__all__ = ["Handoff", "attach", "lookup", "handoff"]
 
 _ATTR = "_stbp_spike_bytes"
 
 
-def attach(spikes: Tensor, codes: Tensor) -> None:
-    """Let ``spikes`` carry ``codes`` (``uint8``, same shape, value = spike)."""
-    setattr(spikes, _ATTR, (codes, spikes._version))
+class Handoff:
+    """Factored gradient terms (ε ``[rows, K]``, W ``[K, F]``) that next layers leave for the
+    LIF node whose spikes they summed. (The link rides on the spikes, not here: the LIF node
+    holds its handoff, and a handoff that held the link — whose grad_fn is that node — would
+    make a reference cycle that keeps the whole graph alive until the garbage collector runs.)
+    """
+
+    __slots__ = ("terms",)
+
+    def __init__(self) -> None:
+        self.terms: list[tuple[Tensor, Tensor]] = []
+
+    def take(self, count: int) -> list[tuple[Tensor, Tensor]]:
+        """The newest ``count`` terms (this backward pass's); the list is emptied."""
+        terms = self.terms[len(self.terms) - count:] if count > 0 else []
+        self.terms = []
+        return terms
+
+
+def attach(spikes: Tensor, codes: Tensor, handoff: Handoff | None = None,
+           link: Tensor | None = None) -> None:
+    """Let ``spikes`` carry ``codes`` (``uint8``, same shape, value = spike) and, when the
+    LIF node can take a factored gradient, its ``handoff`` and ``link``."""
+    setattr(spikes, _ATTR, (codes, spikes._version, handoff, link))
+
+
+def _entry(x: Tensor):
+    entry = getattr(x, _ATTR, None)
+    if entry is None:
+        return None
+    codes, version = entry[:2]
+    if version != x._version or codes.shape != x.shape:
+        return None
+    return entry
 
 
 def lookup(x: Tensor) -> Tensor | None:
     """The bytes attached to ``x``, if any and if ``x`` has not been modified since."""
-    entry = getattr(x, _ATTR, None)
-    if entry is None:
-        return None
-    codes, version = entry
-    if version != x._version or codes.shape != x.shape:
-        return None
-    return codes
+    entry = _entry(x)
+    return None if entry is None else entry[0]
+
+
+def handoff(x: Tensor) -> tuple[Handoff, Tensor] | None:
+    """The handoff and link of the LIF node that made ``x``, if any and if ``x`` is
+    unmodified."""
+    entry = _entry(x)
+    return None if entry is None or entry[2] is None else (entry[2], entry[3])
