@@ -349,3 +349,83 @@ def test_two_layers_reading_the_same_hidden_spikes():
         loss.backward()
         results.append(current.grad)
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_fast_path_equals_the_reference_path(mnist):
+    """The paper's CNN on real digits: the default path (events, byte pooling with the
+    gradient spread inside the LIF kernel, factored hidden gradients) gives the reference
+    path's (backend="torch": eager neurons, dense layers) spikes and gradients."""
+    images = mnist["val"].images[:8].float().div(255).unsqueeze(1)
+    x = encoding.bernoulli(images, 8, generator=torch.Generator().manual_seed(2),
+                           dtype=torch.uint8)
+    labels = mnist["val"].labels[:8]
+    runs = []
+    for backend in ("auto", "torch"):
+        net = models.cnn(seed=0, decay=0.2, threshold=0.3, backend=backend)
+        out = net(x)
+        rate_mse(out, labels).backward()
+        runs.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    (o1, g1), (o2, g2) = runs
+    assert torch.equal(o1, o2) and o1.sum() > 0
+    assert all(g.abs().sum() > 0 for g in g1)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_byte_pooling_equals_float_pooling_and_hands_its_gradient_back():
+    from stbp.functional.pool import avg_pool2d, avg_pool2d_spikes
+
+    g = torch.Generator().manual_seed(0)
+    current = (torch.randn(4, 2, 3, 9, 8, generator=g) * 0.5).requires_grad_()
+    spikes = layers.LIF(**NEURON)(current)
+    pooled = avg_pool2d_spikes(spikes, 2)
+    ref = avg_pool2d(spikes.flatten(0, 1), 2, 2).unflatten(0, (4, 2))
+    assert torch.equal(pooled, ref)
+    assert pooled.grad_fn.next_functions[0][1] == 2  # through the LIF node's link
+    err = torch.randn(pooled.shape, generator=g)
+    (ours,) = torch.autograd.grad(pooled, current, err, retain_graph=True)
+    (dense,) = torch.autograd.grad(ref, current, err)
+    torch.testing.assert_close(ours, dense, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        assert torch.equal(avg_pool2d_spikes(layers.LIF(**NEURON)(current), 3),
+                           avg_pool2d(layers.LIF(**NEURON)(current).flatten(0, 1), 3)
+                           .unflatten(0, (4, 2)))
+    assert avg_pool2d_spikes(spikes.clone(), 2) is None  # no bytes: the caller pools floats
+
+
+@pytest.mark.parametrize("shape,cout,k,pad", [((7, 1, 12, 11), 5, 5, 2), ((4, 3, 9, 9), 4, 3, 0),
+                                              ((3, 2, 6, 6), 16, 3, 1), ((2, 1, 4, 4), 3, 5, 2)])
+@pytest.mark.parametrize("high", [1, 3])
+def test_event_conv_matches_f_conv2d(shape, cout, k, pad, high, monkeypatch):
+    """Event-driven convolution of byte spikes (and counts): F.conv2d's current and weight and
+    bias gradients, the weight gradient the same bits for any thread count."""
+    x = _bytes(*shape, rate=0.15, high=high)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(cout, shape[1], k, k, generator=g, requires_grad=True)
+    b = torch.randn(cout, generator=g, requires_grad=True)
+    ours = synapse.conv2d(x, w, b, 1, pad)
+    assert type(ours.grad_fn).__name__ == "_EventConv2dBackward"
+    ref = F.conv2d(x.float(), w, b, 1, pad)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    err = torch.randn(ours.shape, generator=g)
+    gw, gb = torch.autograd.grad(ours, (w, b), err)
+    rw, rb = torch.autograd.grad(ref, (w, b), err)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gb, rb)
+    with torch.no_grad():
+        torch.testing.assert_close(events.conv2d(x, w, b, 1, pad), ref.detach())
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        again = torch.autograd.grad(synapse.conv2d(x, w, b, 1, pad), w, err)[0]
+        assert torch.equal(again, gw)
+
+
+def test_event_conv_falls_back_where_it_does_not_apply():
+    w = torch.randn(4, 1, 3, 3)
+    x = _bytes(2, 1, 8, 8, rate=0.1)
+    assert events.conv2d(x, w, None, stride=2) is None  # stride 1 only
+    assert events.conv2d(x.float(), w) is None  # floats: the dense convolution
+    assert events.conv2d(_bytes(2, 1, 8, 8, rate=0.6), w) is None  # too dense
+    assert events.conv2d(_bytes(2, 2, 8, 8), w) is None  # channel mismatch: F.conv2d's error
+    dense = synapse.conv2d(x, w, None, 1, 1, events=False)
+    torch.testing.assert_close(dense, F.conv2d(x.float(), w, None, 1, 1))

@@ -196,7 +196,32 @@ def test_factored_spike_gradient_equals_the_dense_one(surrogate, reset, temporal
     for spikes_grad, mem_grad in ((None, None), (other, None), (None, other), (other, other)):
         ref = lif_numba.backward(membrane, dense if spikes_grad is None else dense + spikes_grad,
                                  mem_grad, p)
-        ours = lif_numba.backward(membrane, spikes_grad, mem_grad, p, factored=(err, w))
+        ours = lif_numba.backward(membrane, spikes_grad, mem_grad, p,
+                                  factored=("linear", err, w))
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="does not fit"):
-        lif_numba.backward(membrane, None, None, p, factored=(err[:-1], w))
+        lif_numba.backward(membrane, None, None, p, factored=("linear", err[:-1], w))
+
+
+@pytest.mark.parametrize("k,size", [(2, (6, 6)), (2, (7, 5)), (3, (6, 9))])
+@pytest.mark.parametrize("surrogate", ["rectangular", "polynomial", "sigmoid"])
+def test_pooled_spike_gradient_spread_in_the_kernel(k, size, surrogate):
+    """A k×k average pooling's gradient spread over its windows inside the LIF backward
+    equals the dense one (F.avg_pool2d's backward), odd sizes (cut edges) included."""
+    import torch.nn.functional as F
+
+    from stbp.functional import lif_numba
+
+    p = LIFParams.make(decay=0.2, threshold=0.5, surrogate=surrogate, width=1.0)
+    x = _current((5, 2, 3, *size), seed=4)
+    _, membrane, _ = lif_numba.forward(x.detach(), p)
+    spikes = torch.zeros_like(membrane, requires_grad=True)
+    pooled = F.avg_pool2d(spikes.flatten(0, 1), k).unflatten(0, (5, 2))
+    g = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
+    (dense,) = torch.autograd.grad(pooled, spikes, g)
+    ref = lif_numba.backward(membrane, dense, None, p)
+    ours = lif_numba.backward(membrane, None, None, p, factored=("pool", g, k))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="does not fit"):
+        lif_numba.backward(membrane, None, None, p, factored=("pool", g[..., :-1, :], k))

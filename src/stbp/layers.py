@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from stbp.errors import StbpError
 from stbp.functional import synapse
 from stbp.functional.lif import LIFParams, lif_with
-from stbp.functional.pool import avg_pool2d
+from stbp.functional.pool import avg_pool2d, avg_pool2d_spikes
 from stbp.functional.surrogate import SurrogateLike
 
 __all__ = ["LIF", "Analog", "Linear", "Conv2d", "AvgPool2d", "Flatten", "ACTIVATIONS"]
@@ -195,13 +195,15 @@ class Conv2d(nn.Module):
             return self.neuron(current.unsqueeze(0).expand(steps, *current.shape))
         conv = self.synapse
         current = synapse.conv2d(x.flatten(0, 1), conv.weight, conv.bias, conv.stride[0],
-                                 conv.padding[0])
+                                 conv.padding[0], events=_events_allowed(self.neuron))
         return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True)
 
 
 class AvgPool2d(nn.Module):
     """Average pooling of spikes over ``[T, B, C, H, W]`` (the paper's P2 layers); keeps no
-    activations for the backward (:func:`stbp.functional.pool.avg_pool2d`)."""
+    activations for the backward (:func:`stbp.functional.pool.avg_pool2d`). Spikes from the
+    fused kernels are pooled from their bytes and the gradient goes back to the LIF kernel
+    unexpanded (:func:`stbp.functional.pool.avg_pool2d_spikes`)."""
 
     def __init__(self, kernel_size: int, stride: int | None = None) -> None:
         super().__init__()
@@ -211,6 +213,10 @@ class AvgPool2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_steps_batch(x, 5, "AvgPool2d")
         steps, batch = x.shape[:2]
+        if self.stride == self.kernel_size:  # spikes of the fused kernels: from their bytes
+            y = avg_pool2d_spikes(x, self.kernel_size)
+            if y is not None:
+                return y
         y = avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride)
         return y.unflatten(0, (steps, batch))
 

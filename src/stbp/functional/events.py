@@ -30,7 +30,7 @@ from stbp.errors import StbpError
 from stbp.functional import spike_bytes
 from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
 
-__all__ = ["linear", "to_csr", "usable", "MAX_DENSITY"]
+__all__ = ["linear", "conv2d", "to_csr", "usable", "MAX_DENSITY"]
 
 #: above this fraction of nonzero inputs the dense path is used (on the benchmark machine the
 #: sums take ~20 % of the dense forward's time and ~36 % of forward + backward at 13 % density,
@@ -106,6 +106,85 @@ if HAVE_NUMBA:
                     o = out[r]
                     o[:] = base
                     _accumulate(xr, idx, m, dense, o)
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _conv_forward(x, wt, base, pad, out):  # pragma: no cover - compiled
+        # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
+        # v · W[:, ci, ky, kx] (wt[ci, ky, kx]: all output channels, contiguous) at output
+        # (yi + pad − ky, xi + pad − kx), accumulated channel-last in a per-image buffer so
+        # that each addition is one vector over the output channels
+        images, cin, h, w = x.shape
+        _, k, _, cout = wt.shape
+        ho, wo = out.shape[2], out.shape[3]
+        for n in nb.prange(images):
+            acc = np.empty((ho, wo, cout), out.dtype)
+            for y in range(ho):
+                for xo in range(wo):
+                    acc[y, xo] = base
+            for ci in range(cin):
+                for yi in range(h):
+                    row = x[n, ci, yi]
+                    for xi in range(w):
+                        v = row[xi]
+                        if v == 0:
+                            continue
+                        fv = out.dtype.type(v)
+                        for ky in range(k):
+                            y = yi + pad - ky
+                            if y < 0 or y >= ho:
+                                continue
+                            for kx in range(k):
+                                xo = xi + pad - kx
+                                if xo < 0 or xo >= wo:
+                                    continue
+                                a = acc[y, xo]
+                                wv = wt[ci, ky, kx]
+                                for c in range(cout):
+                                    a[c] += fv * wv[c]
+            for c in range(cout):
+                for y in range(ho):
+                    for xo in range(wo):
+                        out[n, c, y, xo] = acc[y, xo, c]
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _conv_weight_grad(x, g, pad, parts):  # pragma: no cover - compiled
+        # parts[p][ci, ky, kx, :] = Σ over part p's images and their nonzero inputs of
+        # v · g[n, :, yi + pad − ky, xi + pad − kx] — ∂L/∂W (E8) in fixed parts (the sum does
+        # not depend on the thread count)
+        images, cin, h, w = x.shape
+        _, cout, ho, wo = g.shape
+        nparts = parts.shape[0]
+        k = parts.shape[2]
+        step = (images + nparts - 1) // nparts
+        for p in nb.prange(nparts):
+            acc = parts[p]
+            acc[:] = 0
+            gl = np.empty((ho, wo, cout), g.dtype)
+            for n in range(p * step, min(images, (p + 1) * step)):
+                for c in range(cout):
+                    for y in range(ho):
+                        for xo in range(wo):
+                            gl[y, xo, c] = g[n, c, y, xo]
+                for ci in range(cin):
+                    for yi in range(h):
+                        row = x[n, ci, yi]
+                        for xi in range(w):
+                            v = row[xi]
+                            if v == 0:
+                                continue
+                            fv = g.dtype.type(v)
+                            for ky in range(k):
+                                y = yi + pad - ky
+                                if y < 0 or y >= ho:
+                                    continue
+                                for kx in range(k):
+                                    xo = xi + pad - kx
+                                    if xo < 0 or xo >= wo:
+                                        continue
+                                    a = acc[ci, ky, kx]
+                                    gv = gl[y, xo]
+                                    for c in range(cout):
+                                        a[c] += fv * gv[c]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _scatter_t_matmul(indptr, index, value, order, dense, parts):  # pragma: no cover
@@ -368,7 +447,7 @@ class _EventLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if ctx.handoff is not None:  # ∂L/∂o = ε W, formed inside the LIF's backward
-                ctx.handoff.terms.append((g, weight))
+                ctx.handoff.terms.append(("linear", g, weight))
                 grad_x = torch.ones((), dtype=ctx.link_dtype)  # one term left
             else:  # float spikes: ∂L/∂o = ε W, dense
                 grad_x = (g @ weight).reshape(ctx.in_shape)
@@ -432,3 +511,69 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
     _scan_matmul(rows, _sample_order(x.shape), wt, base, out)  # no backward: no CSR to keep
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
+
+
+# ----------------------------------------------------------------------------- convolution
+class _EventConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                padding: int):
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        ctx.save_for_backward(x, weight)
+        return _conv(x, weight, bias, padding)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        g = grad.to(weight.dtype).contiguous()
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            _threads()
+            cout, cin, k, _ = weight.shape
+            parts = np.empty((_PARTS, cin, k, k, cout), g.numpy().dtype)
+            _conv_weight_grad(_byte_images(x), g.numpy(), ctx.padding, parts)
+            grad_w = torch.from_numpy(parts.sum(0)).permute(3, 0, 1, 2).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum((0, 2, 3))
+        return None, grad_w, grad_b, None
+
+
+def _byte_images(x: Tensor) -> np.ndarray:
+    x = x.detach().contiguous()
+    return (x.view(torch.uint8) if x.dtype == torch.bool else x).numpy()
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+    _threads()
+    w = weight.detach()
+    cout, cin, k, _ = w.shape
+    wt = w.permute(1, 2, 3, 0).contiguous().numpy()  # [Cin, K, K, Cout]
+    base = (np.zeros(cout, wt.dtype) if bias is None
+            else bias.detach().to(w.dtype).contiguous().numpy())
+    n, _, h, wd = x.shape
+    out = np.empty((n, cout, h + 2 * padding - k + 1, wd + 2 * padding - k + 1), wt.dtype)
+    _conv_forward(_byte_images(x), wt, base, padding, out)
+    return torch.from_numpy(out)
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
+           padding: int = 0, max_density: float = MAX_DENSITY) -> Tensor | None:
+    """E1 of a convolution (stride 1) for byte spikes ``x [N, C, H, W]``: each input that
+    spiked adds its weights over all output channels; ``None`` if not applicable or too dense
+    (the caller then runs the dense convolution). Gradients flow to ``weight`` and ``bias``
+    (summed the same way over the spikes); byte spikes have none."""
+    if (not usable(x, weight) or x.dim() != 4 or weight.dim() != 4 or stride != 1
+            or weight.shape[2] != weight.shape[3] or x.shape[1] != weight.shape[1]
+            or x.numel() == 0):
+        return None
+    k = weight.shape[2]
+    if x.shape[2] + 2 * padding < k or x.shape[3] + 2 * padding < k:
+        return None
+    _threads()
+    rows = _byte_images(x).reshape(x.shape[0], -1)
+    if _counts(rows).sum() > max_density * rows.size:
+        return None
+    if torch.is_grad_enabled() and (weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _EventConv2d.apply(x, weight, bias, padding)
+    return _conv(x, weight, bias, padding)

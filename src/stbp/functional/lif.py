@@ -208,8 +208,8 @@ class _LIFFunction(torch.autograd.Function):
             )
         if ctx.fused:
             ctx.released = ctx.release
-            for g, w in terms[1:]:  # more than one next layer: all but one made densely
-                dense = (g @ w).reshape(membrane.shape)
+            for term in terms[1:]:  # more than one next layer: all but one made densely
+                dense = spike_bytes.dense(term, membrane.shape)
                 grad_spikes = dense if grad_spikes is None else grad_spikes + dense
             eps = lif_numba.backward(membrane, grad_spikes, grad_membrane, p,
                                      in_place=ctx.release,

@@ -164,15 +164,19 @@ if HAVE_NUMBA:
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _backward_kernel(mem, gs, gm, fg, fw, thr, c0, c1, leak0, leak1, lg0, lg1, temporal,
-                         with_grad_spikes, with_grad_mem, factored,
+                         with_grad_spikes, with_grad_mem, factored, ph, pw, pk,
                          curve):  # pragma: no cover - compiled
         # One top-level kernel (no closures, so numba's disk cache finds it in every process);
-        # each curve's row loop is inlined on its own, so it vectorizes. ``factored``: the
-        # spikes' gradient is (also) fg @ fw — a next layer's error times its weights — made
-        # here one sample row (fw.shape[1] neurons) at a time instead of read from memory.
+        # each curve's row loop is inlined on its own, so it vectorizes. The spikes' gradient
+        # may (also) come factored, made here one block at a time instead of read from memory:
+        # factored == 1: fg @ fw, a next layer's error times its weights, one sample row
+        # (fw.shape[1] neurons) per block; factored == 2: fg is the gradient of a pk×pk average
+        # pooling (stride pk) of ph×pw planes, expanded one plane per block.
         steps, n = mem.shape
-        size = fw.shape[1] if factored else _BLOCK
-        per_step = n // size  # sample rows per time step (factored)
+        size = fw.shape[1] if factored == 1 else ph * pw if factored == 2 else _BLOCK
+        per_step = n // size  # sample rows / planes per time step (factored)
+        ho, wo = ph // max(pk, 1), pw // max(pk, 1)
+        inv = mem.dtype.type(1.0) / mem.dtype.type(max(pk, 1) * max(pk, 1))
         nblocks = (n + size - 1) // size
         for b in nb.prange(nblocks):
             lo = b * size
@@ -188,12 +192,19 @@ if HAVE_NUMBA:
                     else:
                         grow[:] = 0
                     r = t * per_step + b
-                    for k in range(fw.shape[0]):
-                        a = fg[r, k]
-                        if a != 0:
-                            wk = fw[k]
-                            for c in range(hi - lo):
-                                grow[c] += a * wk[c]
+                    if factored == 1:
+                        for k in range(fw.shape[0]):
+                            a = fg[r, k]
+                            if a != 0:
+                                wk = fw[k]
+                                for c in range(hi - lo):
+                                    grow[c] += a * wk[c]
+                    else:
+                        gp = fg[r]
+                        for y in range(ho * pk):
+                            row = gp[(y // pk) * wo:(y // pk + 1) * wo]
+                            for x in range(wo * pk):
+                                grow[y * pw + x] += row[x // pk] * inv
                     g = grow
                 elif with_grad_spikes:
                     g = gs[t, lo:hi]
@@ -258,14 +269,17 @@ def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Ten
 
 def backward(
     membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None, p,
-    *, in_place: bool = False, factored: tuple[Tensor, Tensor] | None = None,
+    *, in_place: bool = False, factored=None,
 ) -> Tensor:
     """ε = ∂L/∂x for all t (E6–E7), from the saved membrane and the incoming gradients.
 
     ``in_place=True`` writes ε over the (contiguous) membrane: step t reads u^t before it writes
-    ε^t in the same place. ``factored=(g, w)`` adds ``g @ w`` to the spikes' gradient without
-    making it: ``g`` is a next layer's error ``[T·R, K]`` (R sample rows per step), ``w`` its
-    weight ``[K, F]`` over the F neurons of a sample row (``membrane``: ``[T, R, ..., F]``).
+    ε^t in the same place. ``factored`` adds a gradient on the spikes without it being made in
+    memory: ``("linear", g, w)`` adds ``g @ w`` — a next layer's error ``[T·R, K]`` (R sample
+    rows per step) times its weight ``[K, F]`` over the F neurons of a sample row
+    (``membrane``: ``[T, R, ..., F]``); ``("pool", g, k)`` adds the gradient of a k×k average
+    pooling with stride k, ``g`` ``[T, ..., H // k, W // k]`` (``membrane``:
+    ``[T, ..., H, W]``).
     """
     _threads()
     shape = membrane.shape
@@ -277,16 +291,24 @@ def backward(
 
     gs = flat(grad_spikes) if grad_spikes is not None else np.zeros((1, 1), dtype)
     gm = flat(grad_membrane) if grad_membrane is not None else gs
-    if factored is None:
-        fg, fw = np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
-    else:
-        g, w = factored
+    fg, fw = np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
+    mode, ph, pw, pk = 0, 0, 0, 0
+    if factored is not None and factored[0] == "linear":
+        _, g, w = factored
+        mode = 1
         fg = g.detach().to(mem.dtype).contiguous().numpy()
         fw = w.detach().to(mem.dtype).contiguous().numpy()
         if fw.shape[1] == 0 or mem.shape[1] % fw.shape[1] or fg.shape != (
                 mem.shape[0] * (mem.shape[1] // fw.shape[1]), fw.shape[0]):
             raise ValueError(f"factored gradient {tuple(fg.shape)} @ {tuple(fw.shape)} does not "
                              f"fit a membrane of shape {tuple(shape)}")
+    elif factored is not None:
+        _, g, pk = factored
+        mode, ph, pw = 2, shape[-2], shape[-1]
+        if len(shape) < 3 or pk < 1 or tuple(g.shape) != (*shape[:-2], ph // pk, pw // pk):
+            raise ValueError(f"pooled gradient of shape {tuple(g.shape)} does not fit a "
+                             f"{pk}x{pk} pooling of a membrane of shape {tuple(shape)}")
+        fg = g.detach().to(mem.dtype).contiguous().reshape(-1, (ph // pk) * (pw // pk)).numpy()
     # the kernel turns u^t into ε^t in place: in the saved membrane itself, or in a copy
     eps = mem if in_place and mem.data_ptr() == membrane.data_ptr() else mem.clone()
     cast = np.float32 if mem.dtype == torch.float32 else np.float64
@@ -295,6 +317,6 @@ def backward(
     _backward_kernel(
         eps.numpy(), gs, gm, fg, fw, cast(p.threshold), cast(c0), cast(c1), cast(leak0),
         cast(leak1), cast(lgrad0), cast(lgrad1), bool(p.temporal), grad_spikes is not None,
-        grad_membrane is not None, factored is not None, _CURVE_IDS[p.surrogate.name],
+        grad_membrane is not None, mode, ph, pw, pk, _CURVE_IDS[p.surrogate.name],
     )
     return eps.view(shape)

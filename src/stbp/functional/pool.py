@@ -3,15 +3,59 @@
 ``F.avg_pool2d`` saves its input for the backward although the gradient of an average needs only
 the input's shape: for a spiking CNN that input is the full-resolution spike map, the largest
 tensor of the network. :func:`avg_pool2d` saves the shape alone and gives the same gradient.
+
+Spikes from the fused LIF kernels carry a byte copy and a handoff
+(:mod:`stbp.functional.spike_bytes`): :func:`avg_pool2d_spikes` then sums the bytes (a
+quarter of the memory traffic of the floats) and, in the backward, leaves the pooled gradient
+with the LIF node, whose kernel spreads it over each window as it runs — the full-resolution
+gradient (the network's largest tensor) is never made.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["avg_pool2d"]
+from stbp.functional import spike_bytes
+from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
+
+__all__ = ["avg_pool2d", "avg_pool2d_spikes", "expand"]
+
+if HAVE_NUMBA:
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _pool_bytes(codes, k, out):  # pragma: no cover - compiled
+        # out[p, i, j] = (Σ of the k×k window of byte plane p) / k², windows at stride k
+        planes, ho, wo = out.shape
+        inv = out.dtype.type(1.0) / out.dtype.type(k * k)
+        for p in nb.prange(planes):
+            plane = codes[p]
+            for i in range(ho):
+                o = out[p, i]
+                o[:] = 0
+                for dy in range(k):
+                    row = plane[i * k + dy]
+                    for j in range(wo):
+                        s = 0
+                        for dx in range(k):
+                            s += row[j * k + dx]
+                        o[j] += s
+                for j in range(wo):
+                    o[j] *= inv
+
+
+def expand(grad: Tensor, shape: torch.Size, k: int) -> Tensor:
+    """The gradient of a k×k average pooling (stride k) of an input of ``shape``
+    ``[..., H, W]``, from the pooled gradient ``grad`` ``[..., H // k, W // k]``."""
+    flat = grad.reshape(-1, 1, *grad.shape[-2:]).contiguous()
+    # the backward reads only the input's sizes: a zero-stride stand-in costs no memory
+    like = torch.zeros((), dtype=grad.dtype, device=grad.device).expand(
+        flat.shape[0], 1, *shape[-2:])
+    gx = torch.ops.aten.avg_pool2d_backward(flat, like, [k, k], [k, k], [0, 0], False, True,
+                                            None)
+    return gx.reshape(shape)
 
 
 class _AvgPool2d(torch.autograd.Function):
@@ -37,3 +81,43 @@ def avg_pool2d(x: Tensor, kernel_size: int, stride: int | None = None) -> Tensor
     if not (torch.is_grad_enabled() and x.requires_grad):
         return F.avg_pool2d(x, kernel_size, stride)
     return _AvgPool2d.apply(x, kernel_size, stride)
+
+
+def _pooled(codes: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    h, w = codes.shape[-2:]
+    planes = codes.reshape(-1, h, w).contiguous().numpy()
+    out = np.empty((planes.shape[0], h // k, w // k), np.dtype(str(dtype).split(".")[-1]))
+    _threads()
+    _pool_bytes(planes, k, out)
+    return torch.from_numpy(out).reshape(*codes.shape[:-2], h // k, w // k)
+
+
+class _PoolLink(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, link: Tensor, codes: Tensor, k: int, dtype: torch.dtype,  # type: ignore[override]
+                handoff: spike_bytes.Handoff):
+        ctx.k, ctx.handoff, ctx.link_dtype = k, handoff, link.dtype
+        return _pooled(codes, k, dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        ctx.handoff.terms.append(("pool", grad, ctx.k))  # spread inside the LIF's backward
+        return torch.ones((), dtype=ctx.link_dtype), None, None, None, None
+
+
+def avg_pool2d_spikes(x: Tensor, kernel_size: int) -> Tensor | None:
+    """k×k average pooling (stride k) of spikes ``[..., H, W]`` from the fused LIF kernels,
+    computed from their bytes, the gradient handed back to the LIF node; ``None`` when ``x``
+    carries no bytes (the caller then uses :func:`avg_pool2d`)."""
+    codes = spike_bytes.lookup(x)
+    if (codes is None or not HAVE_NUMBA or x.dim() < 3 or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.float64) or kernel_size < 1):
+        return None
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _pooled(codes, kernel_size, x.dtype)
+    found = spike_bytes.handoff(x)
+    watched = x.retains_grad or bool(x._backward_hooks)
+    if found is None or not found[1].requires_grad or watched:
+        return None
+    hand, link = found
+    return _PoolLink.apply(link, codes, kernel_size, x.dtype, hand)

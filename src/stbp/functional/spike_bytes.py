@@ -20,26 +20,31 @@ of terms this backward pass left (the newest ones), whatever partial passes came
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["Handoff", "attach", "lookup", "handoff"]
+__all__ = ["Handoff", "attach", "lookup", "handoff", "dense"]
 
 _ATTR = "_stbp_spike_bytes"
 
 
 class Handoff:
-    """Factored gradient terms (ε ``[rows, K]``, W ``[K, F]``) that next layers leave for the
-    LIF node whose spikes they summed. (The link rides on the spikes, not here: the LIF node
-    holds its handoff, and a handoff that held the link — whose grad_fn is that node — would
-    make a reference cycle that keeps the whole graph alive until the garbage collector runs.)
+    """Factored gradient terms that next layers leave for the LIF node whose spikes they
+    read: ``("linear", ε [rows, K], W [K, F])`` from event-driven synapses (∂L/∂o = ε W) and
+    ``("pool", g, k)`` from a k×k average pooling (∂L/∂o = g spread over each k×k window,
+    / k²).
+
+    The link rides on the spikes, not here: the LIF node holds its handoff, and a handoff
+    that held the link — whose grad_fn is that node — would make a reference cycle that keeps
+    the whole graph alive until the garbage collector runs.
     """
 
     __slots__ = ("terms",)
 
     def __init__(self) -> None:
-        self.terms: list[tuple[Tensor, Tensor]] = []
+        self.terms: list[tuple] = []
 
-    def take(self, count: int) -> list[tuple[Tensor, Tensor]]:
+    def take(self, count: int) -> list[tuple]:
         """The newest ``count`` terms (this backward pass's); the list is emptied."""
         terms = self.terms[len(self.terms) - count:] if count > 0 else []
         self.terms = []
@@ -74,3 +79,14 @@ def handoff(x: Tensor) -> tuple[Handoff, Tensor] | None:
     unmodified."""
     entry = _entry(x)
     return None if entry is None or entry[2] is None else (entry[2], entry[3])
+
+
+def dense(term: tuple, shape: torch.Size) -> Tensor:
+    """A handoff term made as the dense ``shape``-d gradient on the spikes."""
+    if term[0] == "linear":
+        _, g, w = term
+        return (g @ w).reshape(shape)
+    from stbp.functional.pool import expand
+
+    _, g, k = term
+    return expand(g, shape, k)

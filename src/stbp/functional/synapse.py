@@ -267,8 +267,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
-           padding: int = 0) -> Tensor:
-    """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value."""
+           padding: int = 0, *, events: bool = True) -> Tensor:
+    """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value.
+
+    Byte spikes run event-driven (:func:`stbp.functional.events.conv2d`) when that applies;
+    ``events=False`` forces the dense convolution."""
+    if events and is_byte_spikes(x):
+        out = _events.conv2d(x, weight, bias, stride, padding)
+        if out is not None:
+            return out
     if not _tracks(x, weight, bias):
         return F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
     return _Conv2d.apply(x, weight, bias, stride, padding)
