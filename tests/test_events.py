@@ -352,9 +352,10 @@ def test_two_layers_reading_the_same_hidden_spikes():
 
 
 def test_cnn_fast_path_equals_the_reference_path(mnist):
-    """The paper's CNN on real digits: the default path (events, byte pooling with the
-    gradient spread inside the LIF kernel, factored hidden gradients) gives the reference
-    path's (backend="torch": eager neurons, dense layers) spikes and gradients."""
+    """The paper's CNN on real digits: the default path (event-driven convolutions of the
+    input bytes and of the pooled spikes' window sums, byte pooling with the gradient spread
+    inside the LIF kernel, event-driven FC layers, factored hidden gradients) gives the
+    reference path's (backend="torch": eager neurons, dense layers) spikes and gradients."""
     images = mnist["val"].images[:8].float().div(255).unsqueeze(1)
     x = encoding.bernoulli(images, 8, generator=torch.Generator().manual_seed(2),
                            dtype=torch.uint8)
@@ -363,6 +364,17 @@ def test_cnn_fast_path_equals_the_reference_path(mnist):
     for backend in ("auto", "torch"):
         net = models.cnn(seed=0, decay=0.2, threshold=0.3, backend=backend)
         out = net(x)
+        if backend == "auto":  # both convolutions, the pools and both FC layers on events
+            nodes, todo = [], [out.grad_fn]
+            while todo:
+                node = todo.pop()
+                if node is not None and node not in nodes:
+                    nodes.append(node)
+                    todo += [f for f, _ in node.next_functions]
+            kinds = [type(n).__name__ for n in nodes]
+            assert kinds.count("_EventConv2dBackward") == 2
+            assert kinds.count("_PoolLinkBackward") == 2
+            assert kinds.count("_EventLinearBackward") == 2
         rate_mse(out, labels).backward()
         runs.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
     (o1, g1), (o2, g2) = runs

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from stbp.errors import StbpError
-from stbp.functional import synapse
+from stbp.functional import spike_bytes, synapse
 from stbp.functional.lif import LIFParams, lif_with
 from stbp.functional.pool import avg_pool2d, avg_pool2d_spikes
 from stbp.functional.surrogate import SurrogateLike
@@ -194,7 +194,8 @@ class Conv2d(nn.Module):
             current = self.synapse(x[0])
             return self.neuron(current.unsqueeze(0).expand(steps, *current.shape))
         conv = self.synapse
-        current = synapse.conv2d(x.flatten(0, 1), conv.weight, conv.bias, conv.stride[0],
+        flat = spike_bytes.carry(x.flatten(0, 1), x, lambda c: c.flatten(0, 1))
+        current = synapse.conv2d(flat, conv.weight, conv.bias, conv.stride[0],
                                  conv.padding[0], events=_events_allowed(self.neuron))
         return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True)
 
@@ -229,4 +230,6 @@ class Flatten(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_steps_batch(x, 2, "Flatten")
-        return x.flatten(2) if x.dim() > 2 else x
+        if x.dim() <= 2:
+            return x
+        return spike_bytes.carry(x.flatten(2), x, lambda c: c.flatten(2))

@@ -110,80 +110,75 @@ if HAVE_NUMBA:
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_forward(x, wt, base, pad, out):  # pragma: no cover - compiled
         # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
-        # v · W[:, ci, ky, kx] (wt[ci, ky, kx]: all output channels, contiguous) at output
-        # (yi + pad − ky, xi + pad − kx), accumulated channel-last in a per-image buffer so
-        # that each addition is one vector over the output channels
+        # v · W[:, ci, ky, kx] (wt[ci, ky, kx]: all output channels, padded to whole vectors)
+        # at output (yi + pad − ky, xi + pad − kx), accumulated channel-last in a per-image
+        # buffer so that each addition is a few full vectors over the output channels
         images, cin, h, w = x.shape
-        _, k, _, cout = wt.shape
-        ho, wo = out.shape[2], out.shape[3]
+        k, cp = wt.shape[1], wt.shape[3]
+        cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
         for n in nb.prange(images):
-            acc = np.empty((ho, wo, cout), out.dtype)
-            for y in range(ho):
-                for xo in range(wo):
-                    acc[y, xo] = base
+            acc = np.empty((ho * wo, cp), out.dtype)
+            for q in range(ho * wo):
+                for c in range(cp):
+                    acc[q, c] = base[c]
             for ci in range(cin):
                 for yi in range(h):
                     row = x[n, ci, yi]
+                    ky0, ky1 = max(0, yi + pad - ho + 1), min(k, yi + pad + 1)
                     for xi in range(w):
                         v = row[xi]
                         if v == 0:
                             continue
                         fv = out.dtype.type(v)
-                        for ky in range(k):
-                            y = yi + pad - ky
-                            if y < 0 or y >= ho:
-                                continue
-                            for kx in range(k):
-                                xo = xi + pad - kx
-                                if xo < 0 or xo >= wo:
-                                    continue
-                                a = acc[y, xo]
+                        kx0, kx1 = max(0, xi + pad - wo + 1), min(k, xi + pad + 1)
+                        for ky in range(ky0, ky1):
+                            q0 = (yi + pad - ky) * wo + xi + pad
+                            for kx in range(kx0, kx1):
+                                a = acc[q0 - kx]
                                 wv = wt[ci, ky, kx]
-                                for c in range(cout):
+                                for c in range(cp):
                                     a[c] += fv * wv[c]
             for c in range(cout):
+                o = out[n, c]
                 for y in range(ho):
                     for xo in range(wo):
-                        out[n, c, y, xo] = acc[y, xo, c]
+                        o[y, xo] = acc[y * wo + xo, c]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_weight_grad(x, g, pad, parts):  # pragma: no cover - compiled
         # parts[p][ci, ky, kx, :] = Σ over part p's images and their nonzero inputs of
-        # v · g[n, :, yi + pad − ky, xi + pad − kx] — ∂L/∂W (E8) in fixed parts (the sum does
-        # not depend on the thread count)
+        # v · g[n, :, yi + pad − ky, xi + pad − kx] (channels padded to whole vectors) — ∂L/∂W
+        # (E8) in fixed parts, so the sum does not depend on the thread count
         images, cin, h, w = x.shape
-        _, cout, ho, wo = g.shape
-        nparts = parts.shape[0]
-        k = parts.shape[2]
+        cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+        nparts, k, cp = parts.shape[0], parts.shape[2], parts.shape[4]
         step = (images + nparts - 1) // nparts
         for p in nb.prange(nparts):
             acc = parts[p]
             acc[:] = 0
-            gl = np.empty((ho, wo, cout), g.dtype)
+            gl = np.zeros((ho * wo, cp), g.dtype)
             for n in range(p * step, min(images, (p + 1) * step)):
                 for c in range(cout):
+                    gc = g[n, c]
                     for y in range(ho):
                         for xo in range(wo):
-                            gl[y, xo, c] = g[n, c, y, xo]
+                            gl[y * wo + xo, c] = gc[y, xo]
                 for ci in range(cin):
                     for yi in range(h):
                         row = x[n, ci, yi]
+                        ky0, ky1 = max(0, yi + pad - ho + 1), min(k, yi + pad + 1)
                         for xi in range(w):
                             v = row[xi]
                             if v == 0:
                                 continue
                             fv = g.dtype.type(v)
-                            for ky in range(k):
-                                y = yi + pad - ky
-                                if y < 0 or y >= ho:
-                                    continue
-                                for kx in range(k):
-                                    xo = xi + pad - kx
-                                    if xo < 0 or xo >= wo:
-                                        continue
+                            kx0, kx1 = max(0, xi + pad - wo + 1), min(k, xi + pad + 1)
+                            for ky in range(ky0, ky1):
+                                q0 = (yi + pad - ky) * wo + xi + pad
+                                for kx in range(kx0, kx1):
                                     a = acc[ci, ky, kx]
-                                    gv = gl[y, xo]
-                                    for c in range(cout):
+                                    gv = gl[q0 - kx]
+                                    for c in range(cp):
                                         a[c] += fv * gv[c]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
@@ -426,10 +421,12 @@ class _EventLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
                 rows: np.ndarray, counts: np.ndarray, in_shape: torch.Size,
-                handoff: spike_bytes.Handoff | None):
-        # source: the byte input (no gradient), float spikes (∂L/∂o made densely), or a LIF
-        # node's handoff link (∂L/∂o left with it as factors)
-        wt, base = _operands(weight, bias)
+                handoff: spike_bytes.Handoff | None, scale: float):
+        # source: the byte input (no gradient), the float tensor the bytes stand for (value =
+        # code × scale; ∂L/∂x made densely), or a LIF node's handoff link (∂L/∂o left with it
+        # as factors)
+        wt, base = _operands(weight, bias, scale)
+        ctx.scale = scale
         # one pass: the CSR kept (listed sample by sample) and the current
         csr, out_np = _csr(rows, counts, _sample_order(in_shape), wt, base)
         ctx.csr = csr
@@ -454,30 +451,37 @@ class _EventLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             _threads()
             grad_wt = torch.from_numpy(ctx.csr.t_matmul(g.numpy()))  # ∂L/∂Wᵀ (E8)
+            if ctx.scale != 1.0:
+                grad_wt.mul_(ctx.scale)
             # in the weight's own layout (layers keep W as the [out, in] view of Wᵀ: no copy)
             grad_w = grad_wt.t() if weight.t().is_contiguous() else grad_wt.t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-def _operands(weight: Tensor, bias: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-    """Wᵀ ``[in, out]`` and the bias (zeros without one) as numpy arrays."""
+def _operands(weight: Tensor, bias: Tensor | None,
+              scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Wᵀ ``[in, out]`` (times ``scale``) and the bias (zeros without one) as numpy arrays."""
     w = weight.detach()  # layers keep W as the [out, in] view of Wᵀ: then .t() needs no copy
     base = (np.zeros(w.shape[0], w.numpy().dtype) if bias is None
             else bias.detach().to(w.dtype).contiguous().numpy())
-    return w.t().contiguous().numpy(), base
+    wt = w.t() * scale if scale != 1.0 else w.t()
+    return wt.contiguous().numpy(), base
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-           max_density: float = MAX_DENSITY, *, spikes: Tensor | None = None) -> Tensor | None:
+           max_density: float = MAX_DENSITY, *, spikes: Tensor | None = None,
+           scale: float = 1.0) -> Tensor | None:
     """E1 for byte spikes ``x [..., in]`` by summing weight columns; ``None`` if not worth it.
 
     Returns ``None`` (the caller then runs the dense matmul) when :func:`usable` is false or
     more than ``max_density`` of the inputs are nonzero. The result has the weight's dtype,
     also under ``torch.autocast`` (the sums are exact in it). Gradients flow to ``weight``
-    and ``bias``; byte spikes have none. ``spikes``: the float tensor (same shape and values)
-    that ``x`` is the byte copy of — a hidden layer's spikes — which then gets ∂L/∂o (dense).
+    and ``bias``; byte spikes have none. ``spikes``: the float tensor that ``x`` is the byte
+    copy of (value = code × ``scale``) — a hidden layer's spikes, or pooled spikes — which then
+    gets ∂L/∂o: left with the LIF node that made it (:mod:`stbp.functional.spike_bytes`), or
+    made densely.
     """
     if not usable(x, weight) or x.numel() == 0:
         return None
@@ -497,7 +501,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                         f"bytes of shape {tuple(x.shape)}")
     source, hand = x, None
     if spikes is not None:
-        found = spike_bytes.handoff(spikes)
+        found = spike_bytes.handoff(spikes) if scale == 1.0 else None
         # a user who asked for the spikes' own gradient (retain_grad, a hook) gets it densely
         watched = spikes.retains_grad or bool(spikes._backward_hooks)
         if found is not None and found[1].requires_grad and not watched:
@@ -506,8 +510,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
             source = spikes
     if torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand)
-    wt, base = _operands(weight, bias)
+        return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand, scale)
+    wt, base = _operands(weight, bias, scale)
     out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
     _scan_matmul(rows, _sample_order(x.shape), wt, base, out)  # no backward: no CSR to keep
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
@@ -516,26 +520,39 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
 # ----------------------------------------------------------------------------- convolution
 class _EventConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
-                padding: int):
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        ctx.save_for_backward(x, weight)
-        return _conv(x, weight, bias, padding)
+    def forward(ctx, source: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                padding: int, codes: Tensor, scale: float):
+        # source: the byte input itself (no gradient) or the float tensor the codes stand for
+        # (code × scale), which gets ∂L/∂x by the dense transposed convolution
+        ctx.padding, ctx.has_bias, ctx.scale = padding, bias is not None, scale
+        ctx.in_shape = codes.shape
+        ctx.save_for_backward(codes, weight)
+        return _conv(codes, weight, bias, padding, scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
+        codes, weight = ctx.saved_tensors
         g = grad.to(weight.dtype).contiguous()
-        grad_w = grad_b = None
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(ctx.in_shape, weight, g, 1, ctx.padding)
         if ctx.needs_input_grad[1]:
             _threads()
             cout, cin, k, _ = weight.shape
-            parts = np.empty((_PARTS, cin, k, k, cout), g.numpy().dtype)
-            _conv_weight_grad(_byte_images(x), g.numpy(), ctx.padding, parts)
-            grad_w = torch.from_numpy(parts.sum(0)).permute(3, 0, 1, 2).contiguous()
+            parts = np.empty((_PARTS, cin, k, k, _vectors(cout)), g.numpy().dtype)
+            _conv_weight_grad(_byte_images(codes), g.numpy(), ctx.padding, parts)
+            total = torch.from_numpy(parts.sum(0)[..., :cout])
+            if ctx.scale != 1.0:
+                total.mul_(ctx.scale)
+            grad_w = total.permute(3, 0, 1, 2).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum((0, 2, 3))
-        return None, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _vectors(n: int) -> int:
+    """``n`` channels padded to whole 64-byte vectors of float32."""
+    return -(-n // 16) * 16
 
 
 def _byte_images(x: Tensor) -> np.ndarray:
@@ -543,13 +560,17 @@ def _byte_images(x: Tensor) -> np.ndarray:
     return (x.view(torch.uint8) if x.dtype == torch.bool else x).numpy()
 
 
-def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int,
+          scale: float = 1.0) -> Tensor:
     _threads()
     w = weight.detach()
     cout, cin, k, _ = w.shape
-    wt = w.permute(1, 2, 3, 0).contiguous().numpy()  # [Cin, K, K, Cout]
-    base = (np.zeros(cout, wt.dtype) if bias is None
-            else bias.detach().to(w.dtype).contiguous().numpy())
+    wt = torch.zeros((cin, k, k, _vectors(cout)), dtype=w.dtype)  # [Cin, K, K, Cout padded]
+    wt[..., :cout] = w.permute(1, 2, 3, 0) * scale if scale != 1.0 else w.permute(1, 2, 3, 0)
+    base = torch.zeros(wt.shape[-1], dtype=w.dtype)
+    if bias is not None:
+        base[:cout] = bias.detach()
+    wt, base = wt.numpy(), base.numpy()
     n, _, h, wd = x.shape
     out = np.empty((n, cout, h + 2 * padding - k + 1, wd + 2 * padding - k + 1), wt.dtype)
     _conv_forward(_byte_images(x), wt, base, padding, out)
@@ -557,14 +578,17 @@ def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tenso
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
-           padding: int = 0, max_density: float = MAX_DENSITY) -> Tensor | None:
-    """E1 of a convolution (stride 1) for byte spikes ``x [N, C, H, W]``: each input that
-    spiked adds its weights over all output channels; ``None`` if not applicable or too dense
-    (the caller then runs the dense convolution). Gradients flow to ``weight`` and ``bias``
-    (summed the same way over the spikes); byte spikes have none."""
+           padding: int = 0, max_density: float = MAX_DENSITY, *,
+           source: Tensor | None = None, scale: float = 1.0) -> Tensor | None:
+    """E1 of a convolution (stride 1) for byte inputs ``x [N, C, H, W]`` (value = code ×
+    ``scale``): each nonzero input adds its weights over all output channels; ``None`` if not
+    applicable or too dense (the caller then runs the dense convolution). Gradients flow to
+    ``weight`` and ``bias`` (summed the same way over the inputs) and, when ``source`` — the
+    float tensor ``x`` stands for, such as pooled spikes — is given, to ``source`` (densely).
+    A ``scale`` other than a power of two rounds the scaled weights once (float rounding)."""
     if (not usable(x, weight) or x.dim() != 4 or weight.dim() != 4 or stride != 1
             or weight.shape[2] != weight.shape[3] or x.shape[1] != weight.shape[1]
-            or x.numel() == 0):
+            or x.numel() == 0 or (source is not None and source.shape != x.shape)):
         return None
     k = weight.shape[2]
     if x.shape[2] + 2 * padding < k or x.shape[3] + 2 * padding < k:
@@ -573,7 +597,8 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 
     rows = _byte_images(x).reshape(x.shape[0], -1)
     if _counts(rows).sum() > max_density * rows.size:
         return None
-    if torch.is_grad_enabled() and (weight.requires_grad
+    src = x if source is None else source
+    if torch.is_grad_enabled() and (weight.requires_grad or src.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _EventConv2d.apply(x, weight, bias, padding)
-    return _conv(x, weight, bias, padding)
+        return _EventConv2d.apply(src, weight, bias, padding, x, scale)
+    return _conv(x, weight, bias, padding, scale)

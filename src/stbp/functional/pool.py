@@ -26,24 +26,26 @@ __all__ = ["avg_pool2d", "avg_pool2d_spikes", "expand"]
 if HAVE_NUMBA:
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _pool_bytes(codes, k, out):  # pragma: no cover - compiled
-        # out[p, i, j] = (Σ of the k×k window of byte plane p) / k², windows at stride k
+    def _pool_bytes(codes, k, out, sums):  # pragma: no cover - compiled
+        # sums[p, i, j] = Σ of the k×k window of byte plane p (windows at stride k), and
+        # out = sums / k² — the same value F.avg_pool2d gives for 0/1 spikes
         planes, ho, wo = out.shape
         inv = out.dtype.type(1.0) / out.dtype.type(k * k)
         for p in nb.prange(planes):
             plane = codes[p]
             for i in range(ho):
-                o = out[p, i]
-                o[:] = 0
+                so = sums[p, i]
+                so[:] = 0
                 for dy in range(k):
                     row = plane[i * k + dy]
                     for j in range(wo):
                         s = 0
                         for dx in range(k):
                             s += row[j * k + dx]
-                        o[j] += s
+                        so[j] += s
+                o = out[p, i]
                 for j in range(wo):
-                    o[j] *= inv
+                    o[j] = so[j] * inv
 
 
 def expand(grad: Tensor, shape: torch.Size, k: int) -> Tensor:
@@ -84,12 +86,19 @@ def avg_pool2d(x: Tensor, kernel_size: int, stride: int | None = None) -> Tensor
 
 
 def _pooled(codes: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    """The pooled spikes, carrying their window sums as bytes (scale 1/k²) for a next layer
+    that sums events."""
     h, w = codes.shape[-2:]
     planes = codes.reshape(-1, h, w).contiguous().numpy()
     out = np.empty((planes.shape[0], h // k, w // k), np.dtype(str(dtype).split(".")[-1]))
+    sums = np.empty(out.shape, np.uint8)
     _threads()
-    _pool_bytes(planes, k, out)
-    return torch.from_numpy(out).reshape(*codes.shape[:-2], h // k, w // k)
+    _pool_bytes(planes, k, out, sums)
+    shape = (*codes.shape[:-2], h // k, w // k)
+    pooled = torch.from_numpy(out).reshape(shape)
+    if k * k <= 255:
+        spike_bytes.attach(pooled, torch.from_numpy(sums).reshape(shape), scale=1.0 / (k * k))
+    return pooled
 
 
 class _PoolLink(torch.autograd.Function):

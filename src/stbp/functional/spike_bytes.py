@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["Handoff", "attach", "lookup", "handoff", "dense"]
+__all__ = ["Handoff", "attach", "lookup", "scaled", "carry", "handoff", "dense"]
 
 _ATTR = "_stbp_spike_bytes"
 
@@ -52,10 +52,11 @@ class Handoff:
 
 
 def attach(spikes: Tensor, codes: Tensor, handoff: Handoff | None = None,
-           link: Tensor | None = None) -> None:
-    """Let ``spikes`` carry ``codes`` (``uint8``, same shape, value = spike) and, when the
-    LIF node can take a factored gradient, its ``handoff`` and ``link``."""
-    setattr(spikes, _ATTR, (codes, spikes._version, handoff, link))
+           link: Tensor | None = None, scale: float = 1.0) -> None:
+    """Let ``spikes`` carry ``codes`` (``uint8``, same shape, value = code × ``scale``: spikes,
+    or the window sums of pooled spikes with ``scale`` = 1/k²) and, when the LIF node can take
+    a factored gradient, its ``handoff`` and ``link``."""
+    setattr(spikes, _ATTR, (codes, spikes._version, handoff, link, scale))
 
 
 def _entry(x: Tensor):
@@ -69,9 +70,26 @@ def _entry(x: Tensor):
 
 
 def lookup(x: Tensor) -> Tensor | None:
-    """The bytes attached to ``x``, if any and if ``x`` has not been modified since."""
+    """The bytes attached to spikes ``x`` (values 0/1), if any and if ``x`` has not been
+    modified since."""
     entry = _entry(x)
-    return None if entry is None else entry[0]
+    return None if entry is None or entry[4] != 1.0 else entry[0]
+
+
+def scaled(x: Tensor) -> tuple[Tensor, float] | None:
+    """The bytes attached to ``x`` and their scale (value = code × scale: spikes, or pooled
+    spikes), if any and if ``x`` has not been modified since."""
+    entry = _entry(x)
+    return None if entry is None else (entry[0], entry[4])
+
+
+def carry(y: Tensor, x: Tensor, reshape) -> Tensor:
+    """Let ``y`` — a reshaped view of ``x`` — carry ``x``'s bytes reshaped alike (no
+    handoff: a gradient through the view goes the usual way)."""
+    found = scaled(x)
+    if found is not None:
+        attach(y, reshape(found[0]), scale=found[1])
+    return y
 
 
 def handoff(x: Tensor) -> tuple[Handoff, Tensor] | None:

@@ -256,9 +256,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
         out = _events.linear(x, weight, bias)
         if out is not None:
             return out
-    codes = spike_bytes.lookup(x)  # a fused LIF's spikes carry their bytes
-    if events and codes is not None and x.dtype == weight.dtype:
-        out = _events.linear(codes, weight, bias, spikes=x)
+    carried = spike_bytes.scaled(x)  # a fused LIF's (pooled) spikes carry their bytes
+    if events and carried is not None and x.dtype == weight.dtype:
+        out = _events.linear(carried[0], weight, bias, spikes=x, scale=carried[1])
         if out is not None:
             return out
     if not _tracks(x, weight, bias):
@@ -274,6 +274,12 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 
     ``events=False`` forces the dense convolution."""
     if events and is_byte_spikes(x):
         out = _events.conv2d(x, weight, bias, stride, padding)
+        if out is not None:
+            return out
+    carried = spike_bytes.scaled(x)  # pooled spikes carry their window sums
+    if events and carried is not None and x.dtype == weight.dtype:
+        out = _events.conv2d(carried[0], weight, bias, stride, padding, source=x,
+                             scale=carried[1])
         if out is not None:
             return out
     if not _tracks(x, weight, bias):
