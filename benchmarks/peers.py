@@ -192,7 +192,12 @@ def _images(batch: int, data_dir: str | None, device: str, gen):
 
 
 def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: int,
-           threads: int, device: str = "cpu", data_dir: str | None = None) -> dict:
+           threads: int, device: str = "cpu", data_dir: str | None = None,
+           malloc: str = "default") -> dict:
+    if malloc == "heap":  # the same allocator settings for every case (stbp train's)
+        from stbp.malloc import retain_freed_memory
+
+        retain_freed_memory()
     import torch
 
     torch.set_num_threads(threads)
@@ -278,6 +283,8 @@ def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> di
            "--threads", str(args.threads), "--device", args.device]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    if env.get("MALLOC_MMAP_THRESHOLD_") is None:  # timed runs only; memory runs count tensors
+        cmd += ["--malloc", args.malloc]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
     if res.returncode != 0:
         print(f"  {case}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -371,12 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                     "of MNIST's mean intensity (no data needed)")
     ap.add_argument("--data-dir", help="the MNIST folder (default: $STBP_DATA/mnist, the cache, "
                     "or a download, as stbp train finds it)")
+    ap.add_argument("--malloc", choices=("default", "heap"), default="default",
+                    help="glibc settings of every case's timed process: default, or heap (large "
+                    "blocks kept in the heap, as stbp train runs: stbp.malloc)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="mlp", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.kind, args.steps_t[0], args.batch, args.iters,
-                                args.warmup, args.threads, args.device, args.data_dir)))
+                                args.warmup, args.threads, args.device, args.data_dir,
+                                args.malloc)))
         return 0
     if args.input == "mnist":  # find (or fetch) MNIST once; the workers read that folder
         from stbp.data.mnist import locate_mnist
@@ -399,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
           f"median of {args.iters} steps after {args.warmup} warm-up; input: "
           + ("MNIST training digits" if args.data_dir else "uniform noise of MNIST's mean")
+          + f"; malloc: {args.malloc}"
           + (f"; median of {args.repeat} interleaved runs per case" if args.repeat > 1 else ""))
     wanted = set(args.cases.split(",")) if args.cases else None
     all_rows = []
@@ -433,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             all_rows += rows
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine(), "rows": all_rows}, fh, indent=2)
+            json.dump({"machine": machine(), "input": args.input, "malloc": args.malloc,
+                       "rows": all_rows}, fh, indent=2)
     return 0
 
 
