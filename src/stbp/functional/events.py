@@ -138,11 +138,13 @@ if HAVE_NUMBA:
                                 wv = wt[ci, ky, kx]
                                 for c in range(cp):
                                     a[c] += fv * wv[c]
+            # back to [C, H, W]: strided reads, contiguous writes (the cheaper way round)
+            o = out[n].reshape(cout, ho * wo)
+            acc_t = acc.T
             for c in range(cout):
-                o = out[n, c]
-                for y in range(ho):
-                    for xo in range(wo):
-                        o[y, xo] = acc[y * wo + xo, c]
+                oc, ac = o[c], acc_t[c]
+                for q in range(ho * wo):
+                    oc[q] = ac[q]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_weight_grad(x, g, pad, parts):  # pragma: no cover - compiled
