@@ -267,19 +267,24 @@ def test_changed_hidden_spikes_are_never_summed_from_stale_bytes(change):
     torch.testing.assert_close(synapse.linear(x, w), F.linear(x, w))
 
 
-def test_layers_keep_the_weight_as_its_transpose():
-    """Linear layers store W as the [out, in] view of a contiguous Wᵀ (the event path reads
-    and writes Wᵀ); gradients come back in that layout and a state dict round-trips."""
+def test_parameters_are_contiguous_for_flat_views_and_lbfgs():
+    """Parameters (and their gradients) stay plain contiguous tensors: parameters_to_vector
+    and LBFGS (which view them flat) work on the default path."""
     net = models.mlp([784, 30, 10], seed=0, **NEURON)
-    w = net[1].synapse.weight
-    assert w.shape == (30, 784) and w.t().is_contiguous()
     x = _bytes(4, 3, 784, rate=0.1)
-    rate_mse(net(x), torch.tensor([1, 2, 3])).backward()
-    assert w.grad.stride() == w.stride() and w.grad.abs().sum() > 0
-    other = models.mlp([784, 30, 10], seed=1, **NEURON)
-    other.load_state_dict(net.state_dict())
-    assert torch.equal(other[1].synapse.weight, w) and other[1].synapse.weight.t().is_contiguous()
-    assert torch.equal(other(x), net(x))
+    labels = torch.tensor([1, 2, 3])
+    opt = torch.optim.LBFGS(net.parameters(), max_iter=2)
+
+    def closure():
+        opt.zero_grad()
+        loss = rate_mse(net(x), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert all(p.is_contiguous() and p.grad.is_contiguous() for p in net.parameters())
+    assert torch.nn.utils.parameters_to_vector(net.parameters()).numel() == sum(
+        p.numel() for p in net.parameters())
 
 
 def test_narrow_weight_gradient_is_summed_in_private_parts(monkeypatch):
@@ -296,45 +301,92 @@ def test_narrow_weight_gradient_is_summed_in_private_parts(monkeypatch):
     assert torch.equal(grads[0], grads[1])
 
 
-def test_hidden_spike_gradient_is_handed_back_factored():
-    """The next layer leaves (ε, W) with the LIF node instead of making ∂L/∂o; the result is
-    the dense path's. A user who asks for the hidden spikes' own gradient (retain_grad) gets
-    it, and the graph is freed by reference counting (no cycle through the handoff)."""
+def test_hidden_spike_gradient_is_handed_back_factored(monkeypatch):
+    """The next layer leaves (ε, W) with the LIF node instead of making ∂L/∂o when nobody can
+    read the spikes' gradient any more (the spikes are gone, as inside a model); the result is
+    the dense path's, and the graph is freed by reference counting (no cycle)."""
     import gc
     import weakref
 
     w, b = torch.randn(7, 40), torch.randn(7)
-    grads = {}
-    for mode in ("handoff", "retain", "dense"):
+    err = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(2))
+    grads, left = {}, {}
+    for mode in ("handoff", "dense"):
         current, spikes = _hidden()
-        if mode == "retain":
-            spikes.retain_grad()
         out = synapse.linear(spikes, w, b, events=mode != "dense")
-        node, output = out.grad_fn.next_functions[0]
-        if mode != "dense":
-            # through the handoff the layer's input is the LIF node's link (its third output),
-            # else the spikes (its first)
-            assert type(node).__name__ == "_LIFFunctionBackward"
-            assert output == (2 if mode == "handoff" else 0)
-        err = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        if mode == "handoff":
+            node, output = out.grad_fn.next_functions[0]
+            assert type(node).__name__ == "_LIFFunctionBackward" and output == 2  # the link
+            del spikes  # gone: the gradient can only be wanted for the current
+            real_take = spike_bytes.Handoff.take
+            monkeypatch.setattr(spike_bytes.Handoff, "take",
+                                lambda self, n, real=real_take: left.setdefault("terms", real(self, n)))
         out.backward(err)
         grads[mode] = current.grad
-        if mode == "retain":
-            torch.testing.assert_close(spikes.grad, (err.reshape(-1, 7) @ w).reshape(spikes.shape))
+    assert len(left["terms"]) == 1 and left["terms"][0][0] == "linear"
     torch.testing.assert_close(grads["handoff"], grads["dense"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grads["retain"], grads["dense"], rtol=1e-5, atol=1e-6)
     was = gc.isenabled()
     gc.disable()
     try:
         current, spikes = _hidden()
         out = synapse.linear(spikes, w, b)
         node = weakref.ref(out.grad_fn.next_functions[0][0])
+        del spikes
         out.sum().backward()
-        del out, spikes, current
+        del out, current
         assert node() is None
     finally:
         if was:
             gc.enable()
+
+
+@pytest.mark.parametrize("how", ["grad", "retain_after", "hook_after", "retain_before"])
+def test_hidden_spikes_gradient_can_be_read_however_asked(how):
+    """A user who still holds the hidden spikes can read their gradient — autograd.grad,
+    retain_grad or a hook, set before or after the next layer ran — and gets the dense one."""
+    w = torch.randn(7, 40)
+    err = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(3))
+    current, spikes = _hidden()
+    if how == "retain_before":
+        spikes.retain_grad()
+    out = synapse.linear(spikes, w)
+    expected = (err.reshape(-1, 7) @ w).reshape(spikes.shape)
+    if how == "grad":
+        (got,) = torch.autograd.grad(out, spikes, err)
+    elif how == "hook_after":
+        seen = []
+        spikes.register_hook(seen.append)
+        out.backward(err)
+        got = seen[0]
+    else:
+        if how == "retain_after":
+            spikes.retain_grad()
+        out.backward(err)
+        got = spikes.grad
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_spikes_save_and_load_plainly_and_inference_mode_runs(tmp_path):
+    """The byte copy is not part of the tensor: torch.save/torch.load (weights_only) of
+    spikes works; under inference_mode (no version counters) nothing is attached."""
+    with torch.no_grad():
+        _, spikes = _hidden()
+    assert spike_bytes.lookup(spikes) is not None
+    torch.save({"spikes": spikes}, tmp_path / "s.pt")
+    assert torch.equal(torch.load(tmp_path / "s.pt")["spikes"], spikes)
+    net = models.mlp([40, 30, 4], seed=0, **NEURON)
+    x = _bytes(5, 3, 40, rate=0.2)
+    with torch.inference_mode():
+        fast = net(x)
+    with torch.no_grad():
+        ref = models.mlp([40, 30, 4], seed=0, backend="torch", **NEURON)(x)
+    assert torch.equal(fast, ref)
+
+
+def test_pool_larger_than_the_image_is_f_avg_pool2d_error():
+    spikes = layers.LIF(**NEURON)(torch.randn(2, 1, 2, 3, 5))
+    with pytest.raises(RuntimeError):
+        layers.AvgPool2d(4)(spikes)
 
 
 def test_two_layers_reading_the_same_hidden_spikes():

@@ -142,10 +142,6 @@ class Linear(nn.Module):
                  activation: str = "lif", **neuron) -> None:
         super().__init__()
         self.synapse = nn.Linear(in_features, out_features, bias=bias)
-        # W [out, in] kept in memory as Wᵀ (its transposed view): the event-driven path sums
-        # rows of Wᵀ and writes ∂L/∂Wᵀ, so neither direction copies a transpose each step
-        w = self.synapse.weight
-        self.synapse.weight = nn.Parameter(w.detach().t().contiguous().t(), w.requires_grad)
         self.neuron = _neuron(activation, neuron)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -22,6 +22,8 @@ are not on the CPU, or the input is too dense for the sums to win (:data:`MAX_DE
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -423,11 +425,13 @@ class _EventLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
                 rows: np.ndarray, counts: np.ndarray, in_shape: torch.Size,
-                handoff: spike_bytes.Handoff | None, scale: float):
+                handoff: spike_bytes.Handoff | None, scale: float, spikes: Tensor | None):
         # source: the byte input (no gradient), the float tensor the bytes stand for (value =
         # code × scale; ∂L/∂x made densely), or a LIF node's handoff link (∂L/∂o left with it
-        # as factors)
+        # as factors); with a link, ``spikes`` (also an input) gets ∂L/∂o densely instead when
+        # the spikes still exist at backward time (someone may ask for their gradient)
         wt, base = _operands(weight, bias, scale)
+        ctx.spikes = None if spikes is None else weakref.ref(spikes)
         ctx.scale = scale
         # one pass: the CSR kept (listed sample by sample) and the current
         csr, out_np = _csr(rows, counts, _sample_order(in_shape), wt, base)
@@ -444,32 +448,46 @@ class _EventLinear(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(weight.dtype).contiguous()
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            if ctx.handoff is not None:  # ∂L/∂o = ε W, formed inside the LIF's backward
-                ctx.handoff.terms.append(("linear", g, weight))
-                grad_x = torch.ones((), dtype=ctx.link_dtype)  # one term left
-            else:  # float spikes: ∂L/∂o = ε W, dense
-                grad_x = (g @ weight).reshape(ctx.in_shape)
+        grad_spikes = None
+        if ctx.handoff is not None and _freed(ctx.spikes):
+            # nobody can read the spikes' gradient: ∂L/∂o = ε W formed inside the LIF backward
+            ctx.handoff.terms.append(("linear", g, weight))
+            grad_x = torch.ones((), dtype=ctx.link_dtype)  # one term left
+        elif ctx.handoff is not None:  # the spikes are alive: their gradient, dense
+            grad_spikes = (g @ weight).reshape(ctx.in_shape)
+        elif ctx.needs_input_grad[0]:  # float spikes: ∂L/∂o = ε W, dense
+            grad_x = (g @ weight).reshape(ctx.in_shape)
         if ctx.needs_input_grad[1]:
             _threads()
             grad_wt = torch.from_numpy(ctx.csr.t_matmul(g.numpy()))  # ∂L/∂Wᵀ (E8)
             if ctx.scale != 1.0:
                 grad_wt.mul_(ctx.scale)
-            # in the weight's own layout (layers keep W as the [out, in] view of Wᵀ: no copy)
-            grad_w = grad_wt.t() if weight.t().is_contiguous() else grad_wt.t().contiguous()
+            grad_w = _transposed(grad_wt)  # [out, in], contiguous like the parameter
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, grad_spikes
+
+
+def _transposed(t: Tensor) -> Tensor:
+    """``t.t().contiguous()``: a layer's weight as Wᵀ for the kernels, a gradient back."""
+    return t.t().contiguous()
+
+
+def _freed(ref) -> bool:
+    """Whether the tensor behind the weak reference ``ref`` no longer exists."""
+    return ref is None or ref() is None
 
 
 def _operands(weight: Tensor, bias: Tensor | None,
               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Wᵀ ``[in, out]`` (times ``scale``) and the bias (zeros without one) as numpy arrays."""
-    w = weight.detach()  # layers keep W as the [out, in] view of Wᵀ: then .t() needs no copy
+    w = weight.detach()
     base = (np.zeros(w.shape[0], w.numpy().dtype) if bias is None
             else bias.detach().to(w.dtype).contiguous().numpy())
-    wt = w.t() * scale if scale != 1.0 else w.t()
-    return wt.contiguous().numpy(), base
+    wt = _transposed(w)
+    if scale != 1.0:
+        wt.mul_(scale)
+    return wt.numpy(), base
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -512,7 +530,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
             source = spikes
     if torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand, scale)
+        return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand, scale,
+                                  spikes if hand is not None else None)
     wt, base = _operands(weight, bias, scale)
     out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
     _scan_matmul(rows, _sample_order(x.shape), wt, base, out)  # no backward: no CSR to keep

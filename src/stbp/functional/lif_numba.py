@@ -176,7 +176,7 @@ if HAVE_NUMBA:
         size = fw.shape[1] if factored == 1 else ph * pw if factored == 2 else _BLOCK
         per_step = n // size  # sample rows / planes per time step (factored)
         ho, wo = ph // max(pk, 1), pw // max(pk, 1)
-        inv = mem.dtype.type(1.0) / mem.dtype.type(max(pk, 1) * max(pk, 1))
+        kk = mem.dtype.type(max(pk, 1) * max(pk, 1))
         nblocks = (n + size - 1) // size
         for b in nb.prange(nblocks):
             lo = b * size
@@ -204,7 +204,7 @@ if HAVE_NUMBA:
                         for y in range(ho * pk):
                             row = gp[(y // pk) * wo:(y // pk + 1) * wo]
                             for x in range(wo * pk):
-                                grow[y * pw + x] += row[x // pk] * inv
+                                grow[y * pw + x] += row[x // pk] / kk
                     g = grow
                 elif with_grad_spikes:
                     g = gs[t, lo:hi]

@@ -13,6 +13,8 @@ gradient (the network's largest tensor) is never made.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ if HAVE_NUMBA:
         # sums[p, i, j] = Σ of the k×k window of byte plane p (windows at stride k), and
         # out = sums / k² — the same value F.avg_pool2d gives for 0/1 spikes
         planes, ho, wo = out.shape
-        inv = out.dtype.type(1.0) / out.dtype.type(k * k)
+        kk = out.dtype.type(k * k)
         for p in nb.prange(planes):
             plane = codes[p]
             for i in range(ho):
@@ -45,7 +47,7 @@ if HAVE_NUMBA:
                         so[j] += s
                 o = out[p, i]
                 for j in range(wo):
-                    o[j] = so[j] * inv
+                    o[j] = so[j] / kk  # divided, as F.avg_pool2d does (not × 1/k²)
 
 
 def expand(grad: Tensor, shape: torch.Size, k: int) -> Tensor:
@@ -104,14 +106,17 @@ def _pooled(codes: Tensor, k: int, dtype: torch.dtype) -> Tensor:
 class _PoolLink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, link: Tensor, codes: Tensor, k: int, dtype: torch.dtype,  # type: ignore[override]
-                handoff: spike_bytes.Handoff):
+                handoff: spike_bytes.Handoff, spikes: Tensor):
         ctx.k, ctx.handoff, ctx.link_dtype = k, handoff, link.dtype
+        ctx.shape, ctx.spikes = spikes.shape, weakref.ref(spikes)
         return _pooled(codes, k, dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if ctx.spikes() is not None:  # the spikes are alive: their gradient, dense
+            return None, None, None, None, None, expand(grad, ctx.shape, ctx.k)
         ctx.handoff.terms.append(("pool", grad, ctx.k))  # spread inside the LIF's backward
-        return torch.ones((), dtype=ctx.link_dtype), None, None, None, None
+        return torch.ones((), dtype=ctx.link_dtype), None, None, None, None, None
 
 
 def avg_pool2d_spikes(x: Tensor, kernel_size: int) -> Tensor | None:
@@ -120,7 +125,8 @@ def avg_pool2d_spikes(x: Tensor, kernel_size: int) -> Tensor | None:
     carries no bytes (the caller then uses :func:`avg_pool2d`)."""
     codes = spike_bytes.lookup(x)
     if (codes is None or not HAVE_NUMBA or x.dim() < 3 or x.device.type != "cpu"
-            or x.dtype not in (torch.float32, torch.float64) or kernel_size < 1):
+            or x.dtype not in (torch.float32, torch.float64) or kernel_size < 1
+            or min(x.shape[-2:]) < kernel_size):  # F.avg_pool2d's own error for that
         return None
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _pooled(codes, kernel_size, x.dtype)
@@ -129,4 +135,4 @@ def avg_pool2d_spikes(x: Tensor, kernel_size: int) -> Tensor | None:
     if found is None or not found[1].requires_grad or watched:
         return None
     hand, link = found
-    return _PoolLink.apply(link, codes, kernel_size, x.dtype, hand)
+    return _PoolLink.apply(link, codes, kernel_size, x.dtype, hand, x)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
 __all__ = ["Handoff", "attach", "lookup", "scaled", "carry", "handoff", "dense"]
 
-_ATTR = "_stbp_spike_bytes"
+# tensor → entry, held weakly (not as an attribute, so that torch.save of spikes stays plain)
+_ENTRIES: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
 class Handoff:
@@ -55,12 +57,17 @@ def attach(spikes: Tensor, codes: Tensor, handoff: Handoff | None = None,
            link: Tensor | None = None, scale: float = 1.0) -> None:
     """Let ``spikes`` carry ``codes`` (``uint8``, same shape, value = code × ``scale``: spikes,
     or the window sums of pooled spikes with ``scale`` = 1/k²) and, when the LIF node can take
-    a factored gradient, its ``handoff`` and ``link``."""
-    setattr(spikes, _ATTR, (codes, spikes._version, handoff, link, scale))
+    a factored gradient, its ``handoff`` and ``link``. Inference tensors (no version counter
+    to check) carry nothing."""
+    if spikes.is_inference():
+        return
+    _ENTRIES[spikes] = (codes, spikes._version, handoff, link, scale)
 
 
 def _entry(x: Tensor):
-    entry = getattr(x, _ATTR, None)
+    if x.is_inference():
+        return None
+    entry = _ENTRIES.get(x)
     if entry is None:
         return None
     codes, version = entry[:2]
@@ -87,7 +94,7 @@ def carry(y: Tensor, x: Tensor, reshape) -> Tensor:
     """Let ``y`` — a reshaped view of ``x`` — carry ``x``'s bytes reshaped alike (no
     handoff: a gradient through the view goes the usual way)."""
     found = scaled(x)
-    if found is not None:
+    if found is not None and y is not x:
         attach(y, reshape(found[0]), scale=found[1])
     return y
 
