@@ -7,10 +7,15 @@ tensor; a synaptic layer that receives those spikes sums weight columns over the
 and packing the floats again. The copy is trusted only while the float tensor is unchanged
 (its in-place version counter is compared), and only for the very tensor it was attached to
 (a view, a reshape or a copy does not carry it), so a modified input can never be summed from
-stale bytes.
+stale bytes. (Writes that bypass the version counter — through ``.data`` or a NumPy view —
+are not seen; modify spikes through ordinary tensor operations.) The map from tensor to
+bytes is weak and kept outside the tensor, so saving spikes with ``torch.save`` stores the
+floats alone.
 
-With the bytes comes a :class:`Handoff`: the way back for the spikes' gradient. Such a layer's
-∂L/∂o = Wᵀ ε (E8's error passed down) is not made as a dense ``[T, B, neurons]`` tensor;
+With the bytes comes a :class:`Handoff`: the way back for the spikes' gradient. When the
+spikes no longer exist at backward time (inside a model, where nothing holds a hidden layer's
+output), such a layer's ∂L/∂o = Wᵀ ε (E8's error passed down) is not made as a dense
+``[T, B, neurons]`` tensor;
 the layer leaves the factors (ε, W) with the handoff, and the LIF's backward kernel forms the
 product one sample row at a time while it runs the recursion (E6–E7). To route the call,
 the layer's autograd input is the handoff's ``link``, a scalar output of the LIF node: each
