@@ -493,3 +493,14 @@ def test_event_conv_falls_back_where_it_does_not_apply():
     assert events.conv2d(_bytes(2, 2, 8, 8), w) is None  # channel mismatch: F.conv2d's error
     dense = synapse.conv2d(x, w, None, 1, 1, events=False)
     torch.testing.assert_close(dense, F.conv2d(x.float(), w, None, 1, 1))
+
+
+def test_scaled_input_leaves_a_one_output_weight_alone():
+    """Pooled input (scale 1/4) into a layer of one output: Wᵀ of a [1, in] weight is W's own
+    memory, and the scaling must not be done in place."""
+    w = torch.randn(1, 12)
+    keep = w.clone()
+    codes = _bytes(3, 2, 12, rate=0.2, high=4)
+    out = events.linear(codes, w, None, scale=0.25)
+    assert torch.equal(w, keep)
+    torch.testing.assert_close(out, F.linear(codes.float() * 0.25, w))

@@ -46,3 +46,12 @@ def test_large_blocks_stay_in_the_heap_for_reuse():
     assert plain["kept"] < 16  # glibc unmaps a freed 64 MiB block at once ...
     assert tuned["kept"] > 48  # ... stbp's setting keeps it for the next step
     assert tuned["grown"] < 80  # and the next block of that size reuses it
+
+
+def test_a_bad_stbp_malloc_is_one_clear_error(monkeypatch, capsys):
+    from stbp import cli
+
+    monkeypatch.setenv("STBP_MALLOC", "jemalloc")
+    assert cli.main(["train", "--preset", "mnist-mlp", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "STBP_MALLOC='jemalloc'" in err and "'heap'" in err and "'default'" in err

@@ -316,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("train", "eval", "reproduce", "detect"):
-        from stbp.malloc import apply_from_env
-
-        apply_from_env()  # large buffers stay in the heap: no page faults every step
     try:
+        if args.command in ("train", "eval", "reproduce", "detect"):
+            from stbp.malloc import apply_from_env
+
+            apply_from_env()  # large buffers stay in the heap: no page faults every step
         return handlers[args.command](args)
     except StbpError as err:
         print(f"stbp: error: {err}", file=sys.stderr)

@@ -8,9 +8,9 @@ time per 96 ms step. :func:`retain_freed_memory` turns that off for the process 
 from the heap, freed memory kept for reuse): the same step takes 75 ms. The price is that the
 process keeps its peak heap instead of handing freed memory back.
 
-``stbp train``, ``eval``, ``reproduce`` and ``detect`` call it at start (``STBP_MALLOC=default``
-keeps glibc's settings); a library user opts in by calling it. It does nothing where the C
-library is not glibc.
+``stbp train``, ``eval``, ``reproduce`` and ``detect`` call it at start: ``STBP_MALLOC=default``
+keeps glibc's settings, ``heap`` or unset applies them, anything else is an error. A library
+user opts in by calling it. It does nothing where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+
+from stbp.errors import StbpError
 
 __all__ = ["retain_freed_memory"]
 
@@ -44,7 +46,9 @@ def retain_freed_memory() -> bool:
 
 
 def apply_from_env() -> bool:
-    """:func:`retain_freed_memory` unless ``STBP_MALLOC=default``."""
-    if os.environ.get("STBP_MALLOC", "").strip().lower() == "default":
-        return False
-    return retain_freed_memory()
+    """:func:`retain_freed_memory` unless ``STBP_MALLOC=default`` (``heap`` or unset: apply)."""
+    value = os.environ.get("STBP_MALLOC", "").strip().lower()
+    if value not in ("", "heap", "default"):
+        raise StbpError(f"STBP_MALLOC={os.environ['STBP_MALLOC']!r}: use 'heap' (keep freed "
+                        "memory, the default) or 'default' (glibc's own settings)")
+    return False if value == "default" else retain_freed_memory()

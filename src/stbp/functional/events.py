@@ -484,9 +484,8 @@ def _operands(weight: Tensor, bias: Tensor | None,
     w = weight.detach()
     base = (np.zeros(w.shape[0], w.numpy().dtype) if bias is None
             else bias.detach().to(w.dtype).contiguous().numpy())
-    wt = _transposed(w)
-    if scale != 1.0:
-        wt.mul_(scale)
+    # Wᵀ, the rows the kernels sum (scaled out of place: .contiguous() may return W itself)
+    wt = (w.t() * scale if scale != 1.0 else _transposed(w)).contiguous()
     return wt.numpy(), base
 
 
