@@ -109,6 +109,12 @@ if HAVE_NUMBA:
                     o[:] = base
                     _accumulate(xr, idx, m, dense, o)
 
+    @nb.njit(inline="always")
+    def _taps(i, pad, size, k):  # pragma: no cover - compiled
+        # the kernel taps through which input position i reaches an output in [0, size)
+        # (at i + pad − tap), as a range [lo, hi)
+        return max(0, i + pad - size + 1), min(k, i + pad + 1)
+
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_forward(x, wt, base, pad, out):  # pragma: no cover - compiled
         # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
@@ -126,13 +132,13 @@ if HAVE_NUMBA:
             for ci in range(cin):
                 for yi in range(h):
                     row = x[n, ci, yi]
-                    ky0, ky1 = max(0, yi + pad - ho + 1), min(k, yi + pad + 1)
+                    ky0, ky1 = _taps(yi, pad, ho, k)
                     for xi in range(w):
                         v = row[xi]
                         if v == 0:
                             continue
                         fv = out.dtype.type(v)
-                        kx0, kx1 = max(0, xi + pad - wo + 1), min(k, xi + pad + 1)
+                        kx0, kx1 = _taps(xi, pad, wo, k)
                         for ky in range(ky0, ky1):
                             q0 = (yi + pad - ky) * wo + xi + pad
                             for kx in range(kx0, kx1):
@@ -170,13 +176,13 @@ if HAVE_NUMBA:
                 for ci in range(cin):
                     for yi in range(h):
                         row = x[n, ci, yi]
-                        ky0, ky1 = max(0, yi + pad - ho + 1), min(k, yi + pad + 1)
+                        ky0, ky1 = _taps(yi, pad, ho, k)
                         for xi in range(w):
                             v = row[xi]
                             if v == 0:
                                 continue
                             fv = g.dtype.type(v)
-                            kx0, kx1 = max(0, xi + pad - wo + 1), min(k, xi + pad + 1)
+                            kx0, kx1 = _taps(xi, pad, wo, k)
                             for ky in range(ky0, ky1):
                                 q0 = (yi + pad - ky) * wo + xi + pad
                                 for kx in range(kx0, kx1):
@@ -462,15 +468,10 @@ class _EventLinear(torch.autograd.Function):
             grad_wt = torch.from_numpy(ctx.csr.t_matmul(g.numpy()))  # ∂L/∂Wᵀ (E8)
             if ctx.scale != 1.0:
                 grad_wt.mul_(ctx.scale)
-            grad_w = _transposed(grad_wt)  # [out, in], contiguous like the parameter
+            grad_w = grad_wt.t().contiguous()  # [out, in], contiguous like the parameter
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b, None, None, None, None, None, grad_spikes
-
-
-def _transposed(t: Tensor) -> Tensor:
-    """``t.t().contiguous()``: a layer's weight as Wᵀ for the kernels, a gradient back."""
-    return t.t().contiguous()
 
 
 def _freed(ref) -> bool:
@@ -485,7 +486,7 @@ def _operands(weight: Tensor, bias: Tensor | None,
     base = (np.zeros(w.shape[0], w.numpy().dtype) if bias is None
             else bias.detach().to(w.dtype).contiguous().numpy())
     # Wᵀ, the rows the kernels sum (scaled out of place: .contiguous() may return W itself)
-    wt = (w.t() * scale if scale != 1.0 else _transposed(w)).contiguous()
+    wt = (w.t() * scale if scale != 1.0 else w.t()).contiguous()
     return wt.numpy(), base
 
 

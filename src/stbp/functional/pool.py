@@ -50,14 +50,15 @@ if HAVE_NUMBA:
                     o[j] = so[j] / kk  # divided, as F.avg_pool2d does (not × 1/k²)
 
 
-def expand(grad: Tensor, shape: torch.Size, k: int) -> Tensor:
-    """The gradient of a k×k average pooling (stride k) of an input of ``shape``
-    ``[..., H, W]``, from the pooled gradient ``grad`` ``[..., H // k, W // k]``."""
+def expand(grad: Tensor, shape: torch.Size, k: int, stride: int | None = None) -> Tensor:
+    """The gradient of a k×k average pooling (stride ``stride``, default k) of an input of
+    ``shape`` ``[..., H, W]``, from the pooled gradient ``grad``."""
+    s = k if stride is None else stride
     flat = grad.reshape(-1, 1, *grad.shape[-2:]).contiguous()
     # the backward reads only the input's sizes: a zero-stride stand-in costs no memory
     like = torch.zeros((), dtype=grad.dtype, device=grad.device).expand(
         flat.shape[0], 1, *shape[-2:])
-    gx = torch.ops.aten.avg_pool2d_backward(flat, like, [k, k], [k, k], [0, 0], False, True,
+    gx = torch.ops.aten.avg_pool2d_backward(flat, like, [k, k], [s, s], [0, 0], False, True,
                                             None)
     return gx.reshape(shape)
 
@@ -71,11 +72,7 @@ class _AvgPool2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        # the backward reads only the input's sizes: a zero-stride stand-in costs no memory
-        like = torch.zeros((), dtype=ctx.dtype, device=grad.device).expand(ctx.shape)
-        k, s = [ctx.kernel_size] * 2, [ctx.stride] * 2
-        gx = torch.ops.aten.avg_pool2d_backward(grad.contiguous(), like, k, s, [0, 0], False,
-                                                True, None)
+        gx = expand(grad.to(ctx.dtype), ctx.shape, ctx.kernel_size, ctx.stride)
         return gx, None, None
 
 
