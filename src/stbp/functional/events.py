@@ -398,11 +398,10 @@ def _sample_order(shape: torch.Size) -> np.ndarray:
             + np.arange(per_step, dtype=np.int64)[:, None]).reshape(-1)
 
 
-def to_csr(x: Tensor, order: np.ndarray | None = None) -> CSR:
-    """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]`` (row i holding
-    row ``order[i]``; default: the rows in order)."""
+def to_csr(x: Tensor) -> CSR:
+    """The CSR form of a byte tensor ``[..., cols]`` seen as ``[rows, cols]`` (rows in order)."""
     rows = _byte_rows(x)
-    return _csr(rows, _counts(rows), order)[0]
+    return _csr(rows, _counts(rows))[0]
 
 
 def _csr(rows_np: np.ndarray, counts: np.ndarray, order: np.ndarray | None = None,
