@@ -13,6 +13,7 @@ from stbp.errors import StbpError
 from stbp.functional import spike_bytes, synapse
 from stbp.functional.lif import LIFParams, lif_with
 from stbp.functional.pool import avg_pool2d, avg_pool2d_spikes
+from stbp.functional.spike_bytes import Codes
 from stbp.functional.surrogate import SurrogateLike
 
 __all__ = ["LIF", "Analog", "Linear", "Conv2d", "AvgPool2d", "Flatten", "ACTIVATIONS"]
@@ -22,7 +23,7 @@ __all__ = ["LIF", "Analog", "Linear", "Conv2d", "AvgPool2d", "Flatten", "ACTIVAT
 ACTIVATIONS = ("lif", "relu", "identity")
 
 
-def _check_steps_batch(x: Tensor, min_dim: int, layer: str) -> None:
+def _check_steps_batch(x: Tensor | Codes, min_dim: int, layer: str) -> None:
     if x.dim() < min_dim:
         raise StbpError(
             f"{layer} expects input of shape [T, B, ...] with at least {min_dim} dimensions, got "
@@ -32,9 +33,15 @@ def _check_steps_batch(x: Tensor, min_dim: int, layer: str) -> None:
         raise StbpError(f"{layer} got T = 0 time steps; T must be >= 1")
 
 
-def _constant_in_time(x: Tensor) -> bool:
+def _constant_in_time(x: Tensor | Codes) -> bool:
     """True for a view repeated along T (stride 0), as :func:`stbp.encoding.direct` makes."""
-    return x.shape[0] > 1 and x.stride(0) == 0
+    return isinstance(x, Tensor) and x.shape[0] > 1 and x.stride(0) == 0
+
+
+def _floats(x: Tensor | Codes) -> Tensor:
+    """Spikes held as bytes alone (:class:`~stbp.functional.spike_bytes.Codes`) as a float
+    tensor, for a layer that needs one; anything else unchanged."""
+    return x.float() if isinstance(x, Codes) else x
 
 
 class LIF(nn.Module):
@@ -64,13 +71,16 @@ class LIF(nn.Module):
         self.membrane: Tensor | None = None
 
     def forward(self, current: Tensor) -> Tensor:
-        return self.fire(current)
+        return self.fire(_floats(current))
 
-    def fire(self, current: Tensor, *, overwrite: bool = False) -> Tensor:
+    def fire(self, current: Tensor, *, overwrite: bool = False,
+             as_codes: bool = False) -> Tensor | Codes:
         """Spikes for ``current``; ``overwrite=True`` (for a temporary current, as the synaptic
         layers pass) stores the membrane potentials in the current's memory, and the backward
         then writes its gradient over them (a graph through the layer is differentiated once,
-        the usual case; ``backend="torch"`` keeps them for a second backward)."""
+        the usual case; ``backend="torch"`` keeps them for a second backward).
+        ``as_codes=True``: the spikes as bytes alone where the fused kernels run
+        (:func:`stbp.functional.lif_with`)."""
         _check_steps_batch(current, 2, "LIF")
         if current.dtype in (torch.bfloat16, torch.float16):
             # mixed precision: half-precision synapses, membrane state kept in float32
@@ -80,7 +90,8 @@ class LIF(nn.Module):
             spikes, self.membrane = lif_with(current, self.params, return_membrane=True,
                                              overwrite=overwrite)
             return spikes
-        return lif_with(current, self.params, overwrite=overwrite, release=overwrite)
+        return lif_with(current, self.params, overwrite=overwrite, release=overwrite,
+                        as_codes=as_codes)
 
     def extra_repr(self) -> str:
         p = self.params
@@ -101,11 +112,12 @@ class Analog(nn.Module):
         self.activation = activation
 
     def forward(self, current: Tensor) -> Tensor:
-        return self.fire(current)
+        return self.fire(_floats(current))
 
-    def fire(self, current: Tensor, *, overwrite: bool = False) -> Tensor:
-        """``relu(current)`` (or ``current``); the same call signature as :meth:`LIF.fire`."""
-        del overwrite
+    def fire(self, current: Tensor, *, overwrite: bool = False, as_codes: bool = False) -> Tensor:
+        """``relu(current)`` (or ``current``); the same call signature as :meth:`LIF.fire`
+        (always floats)."""
+        del overwrite, as_codes
         return torch.relu(current) if self.activation == "relu" else current
 
     def extra_repr(self) -> str:
@@ -136,6 +148,9 @@ class Linear(nn.Module):
     (:mod:`stbp.functional.events`: the weight columns of the inputs that spiked are summed),
     except on the reference path (``backend="torch"``), which keeps the dense matmul.
     ``activation="relu"``/``"identity"`` replaces the LIF by :class:`Analog` (the ANN baseline).
+    ``forward(x, as_codes=True)`` may return the spikes as bytes alone
+    (:class:`~stbp.functional.spike_bytes.Codes`), which this layer and :class:`AvgPool2d`
+    accept as input — what :class:`stbp.models.SpikingNet` passes between them.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
@@ -144,7 +159,7 @@ class Linear(nn.Module):
         self.synapse = nn.Linear(in_features, out_features, bias=bias)
         self.neuron = _neuron(activation, neuron)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Codes, *, as_codes: bool = False) -> Tensor | Codes:
         _check_steps_batch(x, 3, "Linear")
         if x.shape[-1] != self.synapse.in_features:
             raise StbpError(
@@ -156,7 +171,7 @@ class Linear(nn.Module):
             return self.neuron(current.unsqueeze(0).expand(x.shape[0], *current.shape))
         current = synapse.linear(x, self.synapse.weight, self.synapse.bias,
                                  events=_events_allowed(self.neuron))
-        return self.neuron.fire(current, overwrite=True)
+        return self.neuron.fire(current, overwrite=True, as_codes=as_codes)
 
 
 class Conv2d(nn.Module):
@@ -183,7 +198,8 @@ class Conv2d(nn.Module):
         )
         self.neuron = _neuron(activation, neuron)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Codes, *, as_codes: bool = False) -> Tensor | Codes:
+        x = _floats(x)
         _check_steps_batch(x, 5, "Conv2d")
         steps, batch = x.shape[:2]
         if _constant_in_time(x):  # direct input: one conv for all steps
@@ -193,7 +209,8 @@ class Conv2d(nn.Module):
         flat = spike_bytes.carry(x.flatten(0, 1), x, lambda c: c.flatten(0, 1))
         current = synapse.conv2d(flat, conv.weight, conv.bias, conv.stride[0],
                                  conv.padding[0], events=_events_allowed(self.neuron))
-        return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True)
+        return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True,
+                                as_codes=as_codes)
 
 
 class AvgPool2d(nn.Module):
@@ -207,13 +224,14 @@ class AvgPool2d(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Codes) -> Tensor:
         _check_steps_batch(x, 5, "AvgPool2d")
         steps, batch = x.shape[:2]
         if self.stride == self.kernel_size:  # spikes of the fused kernels: from their bytes
             y = avg_pool2d_spikes(x, self.kernel_size)
             if y is not None:
                 return y
+        x = _floats(x)
         y = avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride)
         return y.unflatten(0, (steps, batch))
 
@@ -224,7 +242,8 @@ class AvgPool2d(nn.Module):
 class Flatten(nn.Module):
     """Flatten everything after ``[T, B]``."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Codes) -> Tensor:
+        x = _floats(x)
         _check_steps_batch(x, 2, "Flatten")
         if x.dim() <= 2:
             return x

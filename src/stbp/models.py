@@ -14,8 +14,43 @@ from stbp.init import paper_init_
 __all__ = ["SpikingNet", "mlp", "cnn", "build"]
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(*mods: nn.Module) -> bool:
+    """Whether any hook (of these modules, or a global one) could see a layer's output."""
+    from torch.nn.modules import module as _m
+
+    return any(getattr(_m, f"_global{name}", None) for name in _HOOKS) or any(
+        getattr(m, name, None) for m in mods for name in _HOOKS)
+
+
+def _hands_codes(layer: nn.Module, nxt: nn.Module | None) -> bool:
+    """Whether ``layer`` may pass its spikes to ``nxt`` as bytes alone: a spiking stbp layer
+    followed by a layer that reads bytes (an event-driven Linear, a k×k/stride-k pooling),
+    with nothing else that could read the spikes (a hook, a membrane recording)."""
+    if not (isinstance(layer, (layers.Linear, layers.Conv2d))
+            and isinstance(layer.neuron, layers.LIF) and not layer.neuron.record):
+        return False
+    if isinstance(nxt, layers.Linear):
+        reads = layers._events_allowed(nxt.neuron)
+    else:
+        reads = isinstance(nxt, layers.AvgPool2d) and nxt.stride == nxt.kernel_size
+    return reads and not _hooked(layer, nxt)
+
+
 class SpikingNet(nn.Sequential):
-    """A sequence of multi-step layers mapping input spikes ``[T, B, ...]`` to output spikes."""
+    """A sequence of multi-step layers mapping input spikes ``[T, B, ...]`` to output spikes.
+
+    Between two stbp layers where the second reads spike bytes (a spiking Linear or Conv2d
+    followed by an event-driven Linear or a k×k average pooling) the hidden spikes are passed
+    as bytes alone (:class:`~stbp.functional.spike_bytes.Codes`) — the float tensor of a
+    hidden layer's spikes (``[T, B, neurons]`` × 4 bytes, the largest tensor of a step's
+    forward after the membrane) is never made. Anything that could read that tensor — a hook
+    on either layer, a global module hook, ``record`` on the LIF (as
+    :class:`stbp.stats.FiringMonitor` and the membrane plots use) — makes the network pass
+    ordinary float spikes instead; outputs and gradients are the same either way.
+    """
 
     def lif_layers(self) -> list[layers.LIF]:
         return [m for m in self.modules() if isinstance(m, layers.LIF)]
@@ -25,7 +60,15 @@ class SpikingNet(nn.Sequential):
             raise StbpError(
                 f"the network expects input spikes of shape [T, B, ...], got shape {tuple(x.shape)}"
             )
-        return super().forward(x)
+        mods = list(self)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        for i, layer in enumerate(mods):
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if not tracing and _hands_codes(layer, nxt):
+                x = layer(x, as_codes=True)
+            else:
+                x = layer(x)
+        return x
 
 
 _NEURON_KEYS = ("decay", "threshold", "surrogate", "width", "reset", "temporal", "backend")

@@ -491,7 +491,8 @@ def _operands(weight: Tensor, bias: Tensor | None,
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
            max_density: float = MAX_DENSITY, *, spikes: Tensor | None = None,
-           scale: float = 1.0) -> Tensor | None:
+           scale: float = 1.0,
+           handoff: tuple[spike_bytes.Handoff, Tensor] | None = None) -> Tensor | None:
     """E1 for byte spikes ``x [..., in]`` by summing weight columns; ``None`` if not worth it.
 
     Returns ``None`` (the caller then runs the dense matmul) when :func:`usable` is false or
@@ -500,7 +501,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     and ``bias``; byte spikes have none. ``spikes``: the float tensor that ``x`` is the byte
     copy of (value = code × ``scale``) — a hidden layer's spikes, or pooled spikes — which then
     gets ∂L/∂o: left with the LIF node that made it (:mod:`stbp.functional.spike_bytes`), or
-    made densely.
+    made densely. ``handoff``: the (handoff, link) of the LIF node whose spikes exist only as
+    the bytes ``x`` (:class:`~stbp.functional.spike_bytes.Codes`); ∂L/∂o is left with it.
     """
     if not usable(x, weight) or x.numel() == 0:
         return None
@@ -527,6 +529,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
             hand, source = found
         else:
             source = spikes
+    elif handoff is not None and scale == 1.0:
+        hand, source = handoff
     if torch.is_grad_enabled() and (weight.requires_grad or source.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand, scale,

@@ -164,7 +164,9 @@ class _LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: Tensor, p: LIFParams, smooth: bool,  # type: ignore[override]
-                overwrite: bool, release: bool):
+                overwrite: bool, release: bool, handoff: spike_bytes.Handoff, as_codes: bool):
+        # returns (spikes, membrane, link); with ``as_codes`` on the fused path the spikes come
+        # as their bytes alone (uint8), for a next layer that reads nothing else
         compiled = _use_compiled(current, p, smooth)
         fused = not compiled and _use_numba(current, p, smooth)
         overwrite = overwrite and current.is_contiguous() and not compiled
@@ -174,10 +176,14 @@ class _LIFFunction(torch.autograd.Function):
         link = current.new_zeros(())  # routes a next layer's factored gradient here
         ctx.handoff = None
         if fused:
-            spikes, membrane, codes = lif_numba.forward(current, p, overwrite=overwrite)
-            ctx.handoff = spike_bytes.Handoff()
-            # for a next layer that sums events, and hands ∂L/∂o back factored
-            spike_bytes.attach(spikes, codes, ctx.handoff, link)
+            spikes, membrane, codes = lif_numba.forward(current, p, overwrite=overwrite,
+                                                        floats=not as_codes)
+            ctx.handoff = handoff
+            if spikes is None:
+                spikes = codes
+                ctx.mark_non_differentiable(codes)
+            else:  # for a next layer that sums events, and hands ∂L/∂o back factored
+                spike_bytes.attach(spikes, codes, handoff, link)
         elif compiled:
             spikes, membrane = lif_compiled.forward(current, p)
         else:
@@ -199,7 +205,7 @@ class _LIFFunction(torch.autograd.Function):
         terms = ([] if grad_link is None or ctx.handoff is None
                  else ctx.handoff.take(round(float(grad_link))))
         if grad_spikes is None and grad_membrane is None and not terms:
-            return None, None, None, None, None
+            return None, None, None, None, None, None, None
         if ctx.released:
             raise StbpError(
                 "backward through an stbp layer a second time: its saved membrane potentials "
@@ -208,16 +214,19 @@ class _LIFFunction(torch.autograd.Function):
             )
         if ctx.fused:
             ctx.released = ctx.release
-            for term in terms[1:]:  # more than one next layer: all but one made densely
+            factored = None
+            for term in terms:  # one factored term goes to the kernel, the rest made densely
+                if factored is None and term[0] != "dense":
+                    factored = term
+                    continue
                 dense = spike_bytes.dense(term, membrane.shape)
                 grad_spikes = dense if grad_spikes is None else grad_spikes + dense
             eps = lif_numba.backward(membrane, grad_spikes, grad_membrane, p,
-                                     in_place=ctx.release,
-                                     factored=terms[0] if terms else None)
-            return eps, None, None, None, None
+                                     in_place=ctx.release, factored=factored)
+            return eps, None, None, None, None, None, None
         if ctx.compiled:
             eps = lif_compiled.backward(membrane, grad_spikes, grad_membrane, p)
-            return eps, None, None, None, None
+            return eps, None, None, None, None, None, None
         v = membrane - p.threshold
         h = p.surrogate.derivative(v)
         # direct term of ε^t: δ^t · h(u^t) (+ any gradient on the exposed membrane itself)
@@ -230,7 +239,7 @@ class _LIFFunction(torch.autograd.Function):
             carry = torch.addcmul(p.leak(spikes), membrane * p.leak_grad(spikes), h)
             for t in range(membrane.shape[0] - 2, -1, -1):
                 eps[t].addcmul_(eps[t + 1], carry[t])
-        return eps, None, None, None, None
+        return eps, None, None, None, None, None, None
 
 
 def lif(
@@ -282,7 +291,8 @@ def lif_with(
     smooth: bool = False,
     overwrite: bool = False,
     release: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+    as_codes: bool = False,
+) -> Tensor | spike_bytes.Codes | tuple[Tensor | spike_bytes.Codes, Tensor]:
     """:func:`lif` with already-validated :class:`LIFParams` (what the modules call).
 
     ``smooth=True`` replaces the firing step by the surrogate's primitive (a smooth step whose
@@ -294,10 +304,18 @@ def lif_with(
     the output of a layer's matmul; ``current`` then holds u^t afterwards. ``release=True``
     (with ``overwrite``, on the fused path) also lets the backward write ∂L/∂x over those saved
     potentials, so a second backward through the same graph raises an error.
+
+    ``as_codes=True`` returns the spikes as :class:`~stbp.functional.spike_bytes.Codes` (their
+    bytes alone, no float tensor) where the fused kernels run, else as floats: for a caller
+    whose next layer reads the bytes (:class:`stbp.models.SpikingNet` between its layers).
     """
     _check_current(current)
-    spikes, membrane, _ = _LIFFunction.apply(current, p, smooth, overwrite,
-                                             release and not return_membrane)
+    handoff = spike_bytes.Handoff()
+    spikes, membrane, link = _LIFFunction.apply(current, p, smooth, overwrite,
+                                                release and not return_membrane, handoff,
+                                                as_codes)
+    if spikes.dtype == torch.uint8:
+        spikes = spike_bytes.Codes(spikes, membrane.dtype, handoff, link)
     return (spikes, membrane) if return_membrane else spikes
 
 

@@ -244,18 +244,20 @@ def _leak_values(p, dtype: torch.dtype) -> tuple[float, float, float, float]:
     return float(f[0]), float(f[1]), float(fp[0]), float(fp[1])
 
 
-def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def forward(current: Tensor, p, *, overwrite: bool = False,
+            floats: bool = True) -> tuple[Tensor | None, Tensor, Tensor]:
     """Spikes, membrane and the spikes as bytes (``uint8``), all ``[T, ...]``, of
     :func:`stbp.functional.lif` (no autograd here).
 
     With ``overwrite`` the membrane is written over the (contiguous) current: step t reads x^t
-    before it writes u^t in the same place.
+    before it writes u^t in the same place. ``floats=False`` makes the bytes alone (the
+    spikes come back as ``None``).
     """
     _threads()
     x = current.detach().contiguous()
     flat = x.reshape(x.shape[0], -1)
-    spikes = torch.empty_like(flat)
     codes = torch.empty(flat.shape, dtype=torch.uint8)
+    spikes = torch.empty_like(flat) if floats else codes  # bytes alone: written twice
     mem = flat if overwrite else flat.clone()
     np_dtype = np.float32 if x.dtype == torch.float32 else np.float64
     leak0, leak1, _, _ = _leak_values(p, x.dtype)
@@ -264,7 +266,7 @@ def forward(current: Tensor, p, *, overwrite: bool = False) -> tuple[Tensor, Ten
         mem.numpy(), np_dtype(p.threshold), np_dtype(leak0), np_dtype(leak1), spikes.numpy(),
         codes.numpy(),
     )
-    return spikes.view(x.shape), mem.view(x.shape), codes.view(x.shape)
+    return (spikes.view(x.shape) if floats else None), mem.view(x.shape), codes.view(x.shape)
 
 
 def backward(

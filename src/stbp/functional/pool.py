@@ -104,26 +104,40 @@ class _PoolLink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, link: Tensor, codes: Tensor, k: int, dtype: torch.dtype,  # type: ignore[override]
                 handoff: spike_bytes.Handoff, spikes: Tensor):
+        # spikes: the float spikes (held weakly), or None when they exist only as bytes
         ctx.k, ctx.handoff, ctx.link_dtype = k, handoff, link.dtype
-        ctx.shape, ctx.spikes = spikes.shape, weakref.ref(spikes)
+        ctx.shape = codes.shape
+        ctx.spikes = None if spikes is None else weakref.ref(spikes)
         return _pooled(codes, k, dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.spikes() is not None:  # the spikes are alive: their gradient, dense
+        if ctx.spikes is not None and ctx.spikes() is not None:
+            # the spikes are alive: their gradient, dense
             return None, None, None, None, None, expand(grad, ctx.shape, ctx.k)
         ctx.handoff.terms.append(("pool", grad, ctx.k))  # spread inside the LIF's backward
         return torch.ones((), dtype=ctx.link_dtype), None, None, None, None, None
 
 
-def avg_pool2d_spikes(x: Tensor, kernel_size: int) -> Tensor | None:
+def _poolable(codes: Tensor | None, dtype: torch.dtype, kernel_size: int) -> bool:
+    return not (codes is None or not HAVE_NUMBA or codes.dim() < 3 or codes.device.type != "cpu"
+                or dtype not in (torch.float32, torch.float64) or kernel_size < 1
+                or min(codes.shape[-2:]) < kernel_size)  # F.avg_pool2d's own error for that
+
+
+def avg_pool2d_spikes(x: Tensor | spike_bytes.Codes, kernel_size: int) -> Tensor | None:
     """k×k average pooling (stride k) of spikes ``[..., H, W]`` from the fused LIF kernels,
     computed from their bytes, the gradient handed back to the LIF node; ``None`` when ``x``
-    carries no bytes (the caller then uses :func:`avg_pool2d`)."""
+    carries no bytes (the caller then uses :func:`avg_pool2d`). ``x`` may be
+    :class:`~stbp.functional.spike_bytes.Codes` (spikes held as bytes alone)."""
+    if isinstance(x, spike_bytes.Codes):
+        if not _poolable(x.codes, x.dtype, kernel_size):
+            return None
+        if not (torch.is_grad_enabled() and x.link.requires_grad):
+            return _pooled(x.codes, kernel_size, x.dtype)
+        return _PoolLink.apply(x.link, x.codes, kernel_size, x.dtype, x.handoff, None)
     codes = spike_bytes.lookup(x)
-    if (codes is None or not HAVE_NUMBA or x.dim() < 3 or x.device.type != "cpu"
-            or x.dtype not in (torch.float32, torch.float64) or kernel_size < 1
-            or min(x.shape[-2:]) < kernel_size):  # F.avg_pool2d's own error for that
+    if not _poolable(codes, x.dtype, kernel_size):
         return None
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _pooled(codes, kernel_size, x.dtype)

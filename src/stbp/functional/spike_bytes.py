@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-__all__ = ["Handoff", "attach", "lookup", "scaled", "carry", "handoff", "dense"]
+__all__ = ["Handoff", "Codes", "attach", "lookup", "scaled", "carry", "handoff", "dense"]
 
 # tensor → entry, held weakly (not as an attribute, so that torch.save of spikes stays plain)
 _ENTRIES: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
@@ -37,9 +37,9 @@ _ENTRIES: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 class Handoff:
     """Factored gradient terms that next layers leave for the LIF node whose spikes they
-    read: ``("linear", ε [rows, K], W [K, F])`` from event-driven synapses (∂L/∂o = ε W) and
+    read: ``("linear", ε [rows, K], W [K, F])`` from event-driven synapses (∂L/∂o = ε W),
     ``("pool", g, k)`` from a k×k average pooling (∂L/∂o = g spread over each k×k window,
-    / k²).
+    / k²) and ``("dense", g)`` (∂L/∂o = g, from spikes made float again: :meth:`Codes.float`).
 
     The link rides on the spikes, not here: the LIF node holds its handoff, and a handoff
     that held the link — whose grad_fn is that node — would make a reference cycle that keeps
@@ -56,6 +56,57 @@ class Handoff:
         terms = self.terms[len(self.terms) - count:] if count > 0 else []
         self.terms = []
         return terms
+
+
+class Codes:
+    """A layer's spikes held as bytes only — no float tensor made.
+
+    :class:`stbp.models.SpikingNet` passes a hidden layer's spikes this way to the next stbp
+    layer (an event-driven Linear, an average pooling) when nothing else can read them (no
+    hooks, no recording): the ``[T, B, neurons]`` float32 spikes, four times the bytes, are
+    then never made, and the peak memory of a training step drops by that much. ``codes``:
+    ``uint8`` 0/1 of the shape the spikes have; ``dtype``: the float dtype they stand for; the
+    gradient on them goes back through ``handoff`` and ``link`` (as for :func:`attach`).
+    """
+
+    __slots__ = ("codes", "dtype", "handoff", "link")
+
+    def __init__(self, codes: Tensor, dtype: torch.dtype, handoff: Handoff, link: Tensor) -> None:
+        self.codes, self.dtype, self.handoff, self.link = codes, dtype, handoff, link
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def dim(self) -> int:
+        return self.codes.dim()
+
+    def float(self) -> Tensor:
+        """The spikes as an ordinary float tensor (carrying their bytes), for a consumer that
+        needs one; its gradient reaches the LIF node as a ``("dense", g)`` term."""
+        spikes = _Float.apply(self.link, self.codes, self.dtype, self.handoff)
+        attach(spikes, self.codes)
+        return spikes
+
+    def __repr__(self) -> str:
+        return f"Codes(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class _Float(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, link: Tensor, codes: Tensor, dtype: torch.dtype,  # type: ignore[override]
+                handoff: Handoff):
+        ctx.handoff, ctx.link_dtype = handoff, link.dtype
+        return codes.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        ctx.handoff.terms.append(("dense", grad))
+        return torch.ones((), dtype=ctx.link_dtype), None, None, None
 
 
 def attach(spikes: Tensor, codes: Tensor, handoff: Handoff | None = None,
@@ -113,6 +164,8 @@ def handoff(x: Tensor) -> tuple[Handoff, Tensor] | None:
 
 def dense(term: tuple, shape: torch.Size) -> Tensor:
     """A handoff term made as the dense ``shape``-d gradient on the spikes."""
+    if term[0] == "dense":
+        return term[1].reshape(shape)
     if term[0] == "linear":
         _, g, w = term
         return (g @ w).reshape(shape)

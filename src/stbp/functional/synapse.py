@@ -244,14 +244,20 @@ def _tracks(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+def linear(x: Tensor | spike_bytes.Codes, weight: Tensor, bias: Tensor | None = None, *,
            events: bool = True) -> Tensor:
     """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value.
 
     Byte spikes run event-driven (:func:`stbp.functional.events.linear`: the weight columns of
     the inputs that spiked are summed) when that is faster; ``events=False`` forces the dense
-    matmul.
+    matmul. ``x`` may be a hidden layer's :class:`~stbp.functional.spike_bytes.Codes`.
     """
+    if isinstance(x, spike_bytes.Codes):
+        if events and x.dtype == weight.dtype:
+            out = _events.linear(x.codes, weight, bias, handoff=(x.handoff, x.link))
+            if out is not None:
+                return out
+        x = x.float()
     if events and is_byte_spikes(x):
         out = _events.linear(x, weight, bias)
         if out is not None:
