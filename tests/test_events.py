@@ -504,3 +504,78 @@ def test_scaled_input_leaves_a_one_output_weight_alone():
     out = events.linear(codes, w, None, scale=0.25)
     assert torch.equal(w, keep)
     torch.testing.assert_close(out, F.linear(codes.float() * 0.25, w))
+
+
+# ------------------------------------------------------------- sums over the changes along time
+def _slow_spikes(steps, batch, cols, seed=0, high=1, flip=0.05):
+    """Spike trains that change at few inputs from one step to the next (as Bernoulli-coded
+    digits do, whose saturated strokes spike at every step): each input flips with ``flip``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(steps, batch, cols, dtype=torch.uint8)
+    x[0] = (torch.rand(batch, cols, generator=g) < 0.2) * torch.randint(1, high + 1, (batch, cols),
+                                                                       generator=g)
+    for t in range(1, steps):
+        flips = torch.rand(batch, cols, generator=g) < flip
+        fresh = (torch.rand(batch, cols, generator=g) < 0.2) * torch.randint(
+            1, high + 1, (batch, cols), generator=g)
+        x[t] = torch.where(flips, fresh.to(torch.uint8), x[t - 1])
+    return x
+
+
+@pytest.mark.parametrize("wide", [False, True])  # the private-parts and the chunked path
+@pytest.mark.parametrize("high", [1, 4])  # spikes, and pooled window sums / event counts
+def test_sums_over_changes_along_time_match_f_linear(wide, high, monkeypatch):
+    """Spikes that change little from step to step are summed over their changes
+    (out^t = out^{t−1} + Δ^t W) and the weight gradient over suffix sums of the error; both
+    equal F.linear's, with and without a graph, over any chunking of the rows."""
+    out_features = 30 if wide else 7
+    if wide:
+        monkeypatch.setattr(events, "_PRIVATE_BYTES", 0)
+    x = _slow_spikes(9, 13, 50, high=high)
+    used = []
+    real = events._fill_changes
+    monkeypatch.setattr(events, "_fill_changes", lambda *a: used.append(1) or real(*a))
+    w, b = torch.randn(out_features, 50), torch.randn(out_features)
+    ref = _grads(_reference, x, w, b)
+    for cache_bytes in (1, 5 * out_features * 4 * 9, 1 << 30):  # chunks of 2, 5, all samples
+        monkeypatch.setattr(events, "_CACHE_BYTES", cache_bytes)
+        ours = _grads(events.linear, x, w, b)
+        for a, r in zip(ours, ref, strict=True):
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(events.linear(x, w, b), ref[0], rtol=1e-5, atol=1e-4)
+    assert len(used) == 4
+    monkeypatch.setattr(events, "CHANGES_RATIO", 0.0)  # the plain sums: same results
+    used.clear()
+    plain = _grads(events.linear, x, w, b)
+    assert not used
+    for a, r in zip(plain, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+
+
+def test_changes_are_used_only_where_fewer_than_the_spikes(mnist):
+    """Bernoulli-coded real digits change at about a third of their spikes from one step to
+    the next: their sums run over the changes; independent noise (more changes than spikes),
+    a single step, and rows without a time axis do not."""
+    images = mnist["train"].images[:50].float().div(255).flatten(1)
+    x = encoding.bernoulli(images, 30, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    rows = events._byte_rows(x)
+    counts = events._counts(rows)
+    changes = events._changes(rows, x.shape, counts)
+    assert changes is not None and 0.2 < changes.sum() / counts.sum() < 0.5
+    noise = _bytes(30, 50, 784, rate=0.13)
+    rows_n = events._byte_rows(noise)
+    assert events._changes(rows_n, noise.shape, events._counts(rows_n)) is None
+    assert events._changes(rows[:50], x[:1].shape, counts[:50]) is None
+    assert events._changes(rows, torch.Size((1500, 784)), counts) is None
+
+
+def test_changes_weight_gradient_does_not_depend_on_the_thread_count(monkeypatch):
+    x = _slow_spikes(8, 11, 60)
+    w, b = torch.randn(10, 60), torch.randn(10)
+    grads = []
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        grads.append(_grads(events.linear, x, w, b)[1])
+    assert torch.equal(grads[0], grads[1])

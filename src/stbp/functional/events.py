@@ -109,6 +109,129 @@ if HAVE_NUMBA:
                     o[:] = base
                     _accumulate(xr, idx, m, dense, o)
 
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _count_changes(x, steps, counts):  # pragma: no cover - compiled
+        # counts[b·T + t] = nonzeros of Δ^t = x^t − x^{t−1} of sample b (x^0 at t = 0), for
+        # x = [T·B, cols] rows (row t·B + b); listed sample by sample
+        rows, cols = x.shape
+        per = rows // steps
+        for b in nb.prange(per):
+            c = 0
+            xr = x[b]
+            for k in range(cols):
+                c += xr[k] != 0
+            counts[b * steps] = c
+            for t in range(1, steps):
+                xr, xp = x[t * per + b], x[(t - 1) * per + b]
+                c = 0
+                for k in range(cols):
+                    c += xr[k] != xp[k]
+                counts[b * steps + t] = c
+
+    @nb.njit(inline="always")
+    def _compact_changes(xr, xp, idx):  # pragma: no cover - compiled
+        # the columns where xr and xp differ into idx[:m], branch-free as _compact
+        m = 0
+        for k in range(xr.shape[0]):
+            idx[m] = k
+            m += xr[k] != xp[k]
+        return m
+
+    @nb.njit(inline="always")
+    def _accumulate_changes(xr, xp, idx, m, dense, o):  # pragma: no cover - compiled
+        # o += Σ_i (xr − xp)[idx[i]] · dense[idx[i]], four entries per pass over o
+        f = dense.dtype.type
+        j = 0
+        while j + 4 <= m:
+            k0, k1, k2, k3 = idx[j], idx[j + 1], idx[j + 2], idx[j + 3]
+            d0, d1, d2, d3 = dense[k0], dense[k1], dense[k2], dense[k3]
+            w0, w1 = f(xr[k0]) - f(xp[k0]), f(xr[k1]) - f(xp[k1])
+            w2, w3 = f(xr[k2]) - f(xp[k2]), f(xr[k3]) - f(xp[k3])
+            for c in range(o.shape[0]):
+                o[c] += (w0 * d0[c] + w1 * d1[c]) + (w2 * d2[c] + w3 * d3[c])
+            j += 4
+        while j < m:
+            k0 = idx[j]
+            d0, w0 = dense[k0], f(xr[k0]) - f(xp[k0])
+            for c in range(o.shape[0]):
+                o[c] += w0 * d0[c]
+            j += 1
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _fill_changes(x, steps, indptr, index, value, dense, base, out,
+                      with_csr):  # pragma: no cover - compiled
+        # out[t·B + b] = base + x^t_b @ dense for all rows, summed over the changes along time:
+        # out^0 = base + x^0 @ dense, out^t = out^{t−1} + (x^t − x^{t−1}) @ dense — a sample's
+        # spike trains change at far fewer inputs from one step to the next than spike (a
+        # third, on Bernoulli-coded digits). with_csr: CSR row b·T + t lists Δ^t of sample b
+        # (indptr given; values x^t − x^{t−1} as signed integers)
+        rows, cols = x.shape
+        per = rows // steps
+        for b in nb.prange(per):
+            idx = np.empty(cols + 1, np.int32)
+            zero = x[b]
+            for t in range(steps):
+                r = t * per + b
+                xr = x[r]
+                o = out[r]
+                if t == 0:
+                    m = _compact(xr, idx)
+                    o[:] = base
+                    _accumulate(xr, idx, m, dense, o)
+                    xp = zero
+                else:
+                    xp = x[r - per]
+                    m = _compact_changes(xr, xp, idx)
+                    o[:] = out[r - per]
+                    _accumulate_changes(xr, xp, idx, m, dense, o)
+                if with_csr:
+                    j = indptr[b * steps + t]
+                    for e in range(m):
+                        k = idx[e]
+                        index[j + e] = k
+                        v = value.dtype.type(xr[k])
+                        if t:
+                            v -= value.dtype.type(xp[k])
+                        value[j + e] = v
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _suffix_rows(dense, order, lo, hi, steps, out):  # pragma: no cover - compiled
+        # out[i − lo] = Σ_{t' ≥ t} dense[order[i']] over the later steps i' of row i's sample
+        # (rows lo:hi listed sample by sample, T = steps rows each): Σ_t ε^t (x^t)ᵀ =
+        # Σ_t (Σ_{t' ≥ t} ε^{t'}) (Δ^t)ᵀ, the weight gradient over the changes
+        for s in nb.prange((hi - lo) // steps):
+            a = lo + s * steps
+            last = out[a + steps - 1 - lo]
+            last[:] = dense[order[a + steps - 1]]
+            for i in range(a + steps - 2, a - 1, -1):
+                o, nxt, d = out[i - lo], out[i + 1 - lo], dense[order[i]]
+                for c in range(o.shape[0]):
+                    o[c] = d[c] + nxt[c]
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _scatter_t_matmul_changes(indptr, index, value, order, steps, dense,
+                                  parts):  # pragma: no cover - compiled
+        # _scatter_t_matmul for rows that list the changes Δ^t (sample by sample): each entry
+        # is weighted by the suffix sum Σ_{t' ≥ t} dense[order[t']] of its sample's rows
+        samples = (indptr.shape[0] - 1) // steps
+        nparts = parts.shape[0]
+        step = (samples + nparts - 1) // nparts
+        for p in nb.prange(nparts):
+            acc = parts[p]
+            acc[:] = 0
+            run = np.empty(dense.shape[1], dense.dtype)
+            for s in range(p * step, min(samples, (p + 1) * step)):
+                run[:] = 0
+                for i in range(s * steps + steps - 1, s * steps - 1, -1):
+                    d = dense[order[i]]
+                    for c in range(run.shape[0]):
+                        run[c] += d[c]
+                    for j in range(indptr[i], indptr[i + 1]):
+                        o = acc[index[j]]
+                        w = dense.dtype.type(value[j])
+                        for c in range(run.shape[0]):
+                            o[c] += w * run[c]
+
     @nb.njit(inline="always")
     def _taps(i, pad, size, k):  # pragma: no cover - compiled
         # the kernel taps through which input position i reaches an output in [0, size)
@@ -296,14 +419,19 @@ class CSR:
     ``[T, B, cols]`` spikes sample by sample, all T steps of one sample together, so that the
     weight rows one digit's pixels touch stay in the cache); ``matmul`` writes its result in
     the CSR's own row order, ``t_matmul`` reads ``dense`` in the original one.
+
+    With ``steps`` = T > 0 the rows hold the changes along time instead: row b·T + t lists
+    Δ^t = x^t − x^{t−1} of sample b (x^0 at t = 0; signed ``int16`` values), which
+    ``t_matmul`` weights by suffix sums over the later steps.
     """
 
-    __slots__ = ("indptr", "index", "value", "shape", "order")
+    __slots__ = ("indptr", "index", "value", "shape", "order", "steps")
 
     def __init__(self, indptr: np.ndarray, index: np.ndarray, value: np.ndarray,
-                 shape: tuple[int, int], order: np.ndarray | None = None):
+                 shape: tuple[int, int], order: np.ndarray | None = None, steps: int = 0):
         self.indptr, self.index, self.value, self.shape = indptr, index, value, shape
         self.order = np.arange(shape[0], dtype=np.int64) if order is None else order
+        self.steps = steps
 
     @property
     def nnz(self) -> int:
@@ -347,24 +475,41 @@ class CSR:
         ``_PRIVATE_BYTES``, as an output layer's does) is scattered into straight from the rows
         instead, with no transpose, in ``_PARTS`` private copies summed at the end."""
         rows, n = dense.shape
+        steps = self.steps
         if self.shape[1] * n * dense.itemsize <= _PRIVATE_BYTES:
             # a fixed number of parts (not one per thread), so the sum does not depend on the
             # thread count
             acc = np.empty((_PARTS, self.shape[1], n), dense.dtype)
-            _scatter_t_matmul(self.indptr, self.index, self.value, self.order, dense, acc)
+            if steps:
+                _scatter_t_matmul_changes(self.indptr, self.index, self.value, self.order,
+                                          steps, dense, acc)
+            else:
+                _scatter_t_matmul(self.indptr, self.index, self.value, self.order, dense, acc)
             return acc.sum(0)
         out = np.zeros((self.shape[1], n), dense.dtype)
         step = max(_MIN_CHUNK, _CACHE_BYTES // max(1, n * dense.itemsize))
+        if steps:  # chunks of whole samples; the entries name rows of the chunk's suffix sums
+            step = -(-step // steps) * steps
         bounds = np.append(np.arange(0, self.shape[0], step), self.shape[0]).astype(np.int64)
         cols = self.shape[1]
         t_indptr = np.zeros((len(bounds) - 1, cols + 1), np.int64)
         t_index = np.empty(self.nnz, _index_dtype(rows))
-        t_value = np.empty(self.nnz, np.uint8)
-        _transpose_chunks(self.indptr, self.index, self.value, self.order, cols, bounds,
+        t_value = np.empty(self.nnz, self.value.dtype)
+        names = self.order
+        if steps:
+            names = np.arange(self.shape[0], dtype=np.int64) - np.repeat(bounds[:-1],
+                                                                          np.diff(bounds))
+        _transpose_chunks(self.indptr, self.index, self.value, names, cols, bounds,
                           t_indptr, t_index, t_value)  # the chunks' transposes in parallel
+        suffix = np.empty((step if steps else 0, n), dense.dtype)
         for c in range(len(bounds) - 1):
             a, b = int(self.indptr[bounds[c]]), int(self.indptr[bounds[c + 1]])
-            CSR(t_indptr[c], t_index[a:b], t_value[a:b], (cols, rows)).matmul(dense, out=out)
+            part = CSR(t_indptr[c], t_index[a:b], t_value[a:b], (cols, rows))
+            if steps:
+                _suffix_rows(dense, self.order, bounds[c], bounds[c + 1], steps, suffix)
+                part.matmul(suffix, out=out)
+            else:
+                part.matmul(dense, out=out)
         return out
 
 
@@ -404,6 +549,40 @@ def to_csr(x: Tensor) -> CSR:
     return _csr(rows, _counts(rows))[0]
 
 
+#: the changes along time are summed instead of the spikes when they number fewer than this
+#: fraction of the spikes (each changed row also copies the previous step's sums)
+CHANGES_RATIO = 0.75
+
+
+def _changes(rows_np: np.ndarray, shape: torch.Size, counts: np.ndarray) -> np.ndarray | None:
+    """The per-row counts of the changes along time (sample by sample) of ``[T, B, ..., cols]``
+    spikes, when summing those beats summing the spikes; else ``None``."""
+    if len(shape) < 3 or shape[0] < 2 or rows_np.shape[0] == 0:
+        return None
+    changes = np.empty(rows_np.shape[0], np.int64)
+    _count_changes(rows_np, int(shape[0]), changes)
+    return changes if changes.sum() < CHANGES_RATIO * counts.sum() else None
+
+
+def _csr_changes(rows_np: np.ndarray, steps: int, changes: np.ndarray, dense: np.ndarray,
+                 base: np.ndarray, with_csr: bool = True) -> tuple[CSR | None, np.ndarray]:
+    """``base + rows_np @ dense`` summed over the changes along time and, ``with_csr``, the
+    CSR of those changes (``steps`` = T; ``changes`` from :func:`_changes`)."""
+    rows, cols = rows_np.shape
+    out = np.empty((rows, dense.shape[1]), dense.dtype)
+    if not with_csr:
+        _fill_changes(rows_np, steps, np.zeros(1, np.int64), np.zeros(1, np.int16),
+                      np.zeros(1, np.int16), dense, base, out, False)
+        return None, out
+    indptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(changes, out=indptr[1:])
+    index = np.empty(int(indptr[-1]), _index_dtype(cols))
+    value = np.empty(int(indptr[-1]), np.int16)
+    _fill_changes(rows_np, steps, indptr, index, value, dense, base, out, True)
+    order = _sample_order(torch.Size((steps, rows // steps, cols)))
+    return CSR(indptr, index, value, (rows, cols), order, steps), out
+
+
 def _csr(rows_np: np.ndarray, counts: np.ndarray, order: np.ndarray | None = None,
          dense: np.ndarray | None = None,
          base: np.ndarray | None = None) -> tuple[CSR, np.ndarray | None]:
@@ -438,8 +617,13 @@ class _EventLinear(torch.autograd.Function):
         wt, base = _operands(weight, bias, scale)
         ctx.spikes = None if spikes is None else weakref.ref(spikes)
         ctx.scale = scale
-        # one pass: the CSR kept (listed sample by sample) and the current
-        csr, out_np = _csr(rows, counts, _sample_order(in_shape), wt, base)
+        # one pass: the CSR kept (listed sample by sample) and the current — over the changes
+        # along time where they are fewer than the spikes
+        changes = _changes(rows, in_shape, counts)
+        if changes is not None:
+            csr, out_np = _csr_changes(rows, int(in_shape[0]), changes, wt, base)
+        else:
+            csr, out_np = _csr(rows, counts, _sample_order(in_shape), wt, base)
         ctx.csr = csr
         ctx.has_bias = bias is not None
         ctx.in_shape = in_shape
@@ -536,8 +720,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
         return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand, scale,
                                   spikes if hand is not None else None)
     wt, base = _operands(weight, bias, scale)
-    out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
-    _scan_matmul(rows, _sample_order(x.shape), wt, base, out)  # no backward: no CSR to keep
+    if _changes(rows, x.shape, counts) is not None:  # no backward: no CSR to keep
+        _, out = _csr_changes(rows, int(x.shape[0]), counts, wt, base, with_csr=False)
+    else:
+        out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
+        _scan_matmul(rows, _sample_order(x.shape), wt, base, out)
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
 
 
