@@ -579,3 +579,38 @@ def test_changes_weight_gradient_does_not_depend_on_the_thread_count(monkeypatch
         monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
         grads.append(_grads(events.linear, x, w, b)[1])
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("high", [1, 4])
+def test_event_conv_over_changes_along_time_matches_f_conv2d(high, monkeypatch):
+    """Images that are T steps of slowly changing spike maps: the event-driven convolution
+    runs each sample's sums on over time, adding the changes, and its weight gradient over
+    suffix sums of the error — F.conv2d's results, the same bits for any thread count."""
+    steps, batch, cin, size = 7, 5, 3, 9
+    x = _slow_spikes(steps, batch, cin * size * size, high=high).reshape(
+        steps * batch, cin, size, size)
+    seen = []
+    real = events._conv_forward
+    monkeypatch.setattr(events, "_conv_forward", lambda *a: seen.append(a[4]) or real(*a))
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(4, cin, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(4, generator=g, requires_grad=True)
+    ours = synapse.conv2d(x, w, b, 1, 1, steps=steps)
+    assert seen == [steps]
+    ref = F.conv2d(x.float(), w, b, 1, 1)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    err = torch.randn(ours.shape, generator=g)
+    gw, gb = torch.autograd.grad(ours, (w, b), err)
+    rw, rb = torch.autograd.grad(ref, (w, b), err)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gb, rb)
+    with torch.no_grad():
+        torch.testing.assert_close(events.conv2d(x, w, b, 1, 1, steps=steps), ref.detach(),
+                                   rtol=1e-5, atol=1e-5)
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        again = torch.autograd.grad(synapse.conv2d(x, w, b, 1, 1, steps=steps), w, err)[0]
+        assert torch.equal(again, gw)
+    seen.clear()  # independent noise changes more often than it spikes: the plain sums
+    synapse.conv2d(_bytes(steps * batch, cin, size, size, rate=0.15), w, b, 1, 1, steps=steps)
+    assert seen == [0]

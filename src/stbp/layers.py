@@ -208,7 +208,8 @@ class Conv2d(nn.Module):
         conv = self.synapse
         flat = spike_bytes.carry(x.flatten(0, 1), x, lambda c: c.flatten(0, 1))
         current = synapse.conv2d(flat, conv.weight, conv.bias, conv.stride[0],
-                                 conv.padding[0], events=_events_allowed(self.neuron))
+                                 conv.padding[0], events=_events_allowed(self.neuron),
+                                 steps=steps)
         return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True,
                                 as_codes=as_codes)
 

@@ -239,80 +239,105 @@ if HAVE_NUMBA:
         return max(0, i + pad - size + 1), min(k, i + pad + 1)
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _conv_forward(x, wt, base, pad, out):  # pragma: no cover - compiled
+    def _conv_forward(x, wt, base, pad, steps, out):  # pragma: no cover - compiled
         # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
         # v · W[:, ci, ky, kx] (wt[ci, ky, kx]: all output channels, padded to whole vectors)
         # at output (yi + pad − ky, xi + pad − kx), accumulated channel-last in a per-image
-        # buffer so that each addition is a few full vectors over the output channels
+        # buffer so that each addition is a few full vectors over the output channels.
+        # steps = T > 1: the images are [T·B] (image t·B + b) and each sample's buffer runs on
+        # from one step to the next, adding only the changes v = x^t − x^{t−1}
         images, cin, h, w = x.shape
         k, cp = wt.shape[1], wt.shape[3]
         cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-        for n in nb.prange(images):
+        span = max(steps, 1)
+        per = images // span
+        f = out.dtype.type
+        for u in nb.prange(per):
             acc = np.empty((ho * wo, cp), out.dtype)
             for q in range(ho * wo):
                 for c in range(cp):
                     acc[q, c] = base[c]
-            for ci in range(cin):
-                for yi in range(h):
-                    row = x[n, ci, yi]
-                    ky0, ky1 = _taps(yi, pad, ho, k)
-                    for xi in range(w):
-                        v = row[xi]
-                        if v == 0:
-                            continue
-                        fv = out.dtype.type(v)
-                        kx0, kx1 = _taps(xi, pad, wo, k)
-                        for ky in range(ky0, ky1):
-                            q0 = (yi + pad - ky) * wo + xi + pad
-                            for kx in range(kx0, kx1):
-                                a = acc[q0 - kx]
-                                wv = wt[ci, ky, kx]
-                                for c in range(cp):
-                                    a[c] += fv * wv[c]
-            # back to [C, H, W]: strided reads, contiguous writes (the cheaper way round)
-            o = out[n].reshape(cout, ho * wo)
-            acc_t = acc.T
-            for c in range(cout):
-                oc, ac = o[c], acc_t[c]
-                for q in range(ho * wo):
-                    oc[q] = ac[q]
-
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _conv_weight_grad(x, g, pad, parts):  # pragma: no cover - compiled
-        # parts[p][ci, ky, kx, :] = Σ over part p's images and their nonzero inputs of
-        # v · g[n, :, yi + pad − ky, xi + pad − kx] (channels padded to whole vectors) — ∂L/∂W
-        # (E8) in fixed parts, so the sum does not depend on the thread count
-        images, cin, h, w = x.shape
-        cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
-        nparts, k, cp = parts.shape[0], parts.shape[2], parts.shape[4]
-        step = (images + nparts - 1) // nparts
-        for p in nb.prange(nparts):
-            acc = parts[p]
-            acc[:] = 0
-            gl = np.zeros((ho * wo, cp), g.dtype)
-            for n in range(p * step, min(images, (p + 1) * step)):
-                for c in range(cout):
-                    gc = g[n, c]
-                    for y in range(ho):
-                        for xo in range(wo):
-                            gl[y * wo + xo, c] = gc[y, xo]
+            for j in range(span):
+                n = j * per + u
                 for ci in range(cin):
                     for yi in range(h):
                         row = x[n, ci, yi]
+                        prow = x[n - per, ci, yi] if j else row
                         ky0, ky1 = _taps(yi, pad, ho, k)
                         for xi in range(w):
-                            v = row[xi]
-                            if v == 0:
-                                continue
-                            fv = g.dtype.type(v)
+                            if j:
+                                if row[xi] == prow[xi]:
+                                    continue
+                                fv = f(row[xi]) - f(prow[xi])
+                            else:
+                                if row[xi] == 0:
+                                    continue
+                                fv = f(row[xi])
                             kx0, kx1 = _taps(xi, pad, wo, k)
                             for ky in range(ky0, ky1):
                                 q0 = (yi + pad - ky) * wo + xi + pad
                                 for kx in range(kx0, kx1):
-                                    a = acc[ci, ky, kx]
-                                    gv = gl[q0 - kx]
+                                    a = acc[q0 - kx]
+                                    wv = wt[ci, ky, kx]
                                     for c in range(cp):
-                                        a[c] += fv * gv[c]
+                                        a[c] += fv * wv[c]
+                # back to [C, H, W]: strided reads, contiguous writes (the cheaper way round)
+                o = out[n].reshape(cout, ho * wo)
+                acc_t = acc.T
+                for c in range(cout):
+                    oc, ac = o[c], acc_t[c]
+                    for q in range(ho * wo):
+                        oc[q] = ac[q]
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _conv_weight_grad(x, g, pad, steps, parts):  # pragma: no cover - compiled
+        # parts[p][ci, ky, kx, :] = Σ over part p's images and their nonzero inputs of
+        # v · g[n, :, yi + pad − ky, xi + pad − kx] (channels padded to whole vectors) — ∂L/∂W
+        # (E8) in fixed parts, so the sum does not depend on the thread count. steps = T > 1:
+        # over each sample's changes v = x^t − x^{t−1}, weighted by the suffix sums
+        # Σ_{t' ≥ t} g^{t'} (Σ_t g^t ⋆ x^t = Σ_t (Σ_{t' ≥ t} g^{t'}) ⋆ Δ^t)
+        images, cin, h, w = x.shape
+        cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+        nparts, k, cp = parts.shape[0], parts.shape[2], parts.shape[4]
+        span = max(steps, 1)
+        per = images // span
+        f = g.dtype.type
+        step = (per + nparts - 1) // nparts
+        for p in nb.prange(nparts):
+            acc = parts[p]
+            acc[:] = 0
+            gl = np.zeros((ho * wo, cp), g.dtype)
+            for u in range(p * step, min(per, (p + 1) * step)):
+                gl[:] = 0
+                for j in range(span - 1, -1, -1):
+                    n = j * per + u
+                    for c in range(cout):
+                        gc = g[n, c]
+                        for y in range(ho):
+                            for xo in range(wo):
+                                gl[y * wo + xo, c] += gc[y, xo]
+                    for ci in range(cin):
+                        for yi in range(h):
+                            row = x[n, ci, yi]
+                            prow = x[n - per, ci, yi] if j else row
+                            ky0, ky1 = _taps(yi, pad, ho, k)
+                            for xi in range(w):
+                                if j:
+                                    if row[xi] == prow[xi]:
+                                        continue
+                                    fv = f(row[xi]) - f(prow[xi])
+                                else:
+                                    if row[xi] == 0:
+                                        continue
+                                    fv = f(row[xi])
+                                kx0, kx1 = _taps(xi, pad, wo, k)
+                                for ky in range(ky0, ky1):
+                                    q0 = (yi + pad - ky) * wo + xi + pad
+                                    for kx in range(kx0, kx1):
+                                        a = acc[ci, ky, kx]
+                                        gv = gl[q0 - kx]
+                                        for c in range(cp):
+                                            a[c] += fv * gv[c]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _scatter_t_matmul(indptr, index, value, order, dense, parts):  # pragma: no cover
@@ -732,13 +757,14 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
 class _EventConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
-                padding: int, codes: Tensor, scale: float):
+                padding: int, codes: Tensor, scale: float, steps: int):
         # source: the byte input itself (no gradient) or the float tensor the codes stand for
-        # (code × scale), which gets ∂L/∂x by the dense transposed convolution
+        # (code × scale), which gets ∂L/∂x by the dense transposed convolution; steps = T > 1:
+        # summed over the changes along time (images t·B + b)
         ctx.padding, ctx.has_bias, ctx.scale = padding, bias is not None, scale
-        ctx.in_shape = codes.shape
+        ctx.in_shape, ctx.steps = codes.shape, steps
         ctx.save_for_backward(codes, weight)
-        return _conv(codes, weight, bias, padding, scale)
+        return _conv(codes, weight, bias, padding, scale, steps)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -751,14 +777,14 @@ class _EventConv2d(torch.autograd.Function):
             _threads()
             cout, cin, k, _ = weight.shape
             parts = np.empty((_PARTS, cin, k, k, _vectors(cout)), g.numpy().dtype)
-            _conv_weight_grad(_byte_images(codes), g.numpy(), ctx.padding, parts)
+            _conv_weight_grad(_byte_images(codes), g.numpy(), ctx.padding, ctx.steps, parts)
             total = torch.from_numpy(parts.sum(0)[..., :cout])
             if ctx.scale != 1.0:
                 total.mul_(ctx.scale)
             grad_w = total.permute(3, 0, 1, 2).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _vectors(n: int) -> int:
@@ -772,7 +798,7 @@ def _byte_images(x: Tensor) -> np.ndarray:
 
 
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int,
-          scale: float = 1.0) -> Tensor:
+          scale: float = 1.0, steps: int = 0) -> Tensor:
     _threads()
     w = weight.detach()
     cout, cin, k, _ = w.shape
@@ -784,19 +810,23 @@ def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int,
     wt, base = wt.numpy(), base.numpy()
     n, _, h, wd = x.shape
     out = np.empty((n, cout, h + 2 * padding - k + 1, wd + 2 * padding - k + 1), wt.dtype)
-    _conv_forward(_byte_images(x), wt, base, padding, out)
+    _conv_forward(_byte_images(x), wt, base, padding, steps, out)
     return torch.from_numpy(out)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
            padding: int = 0, max_density: float = MAX_DENSITY, *,
-           source: Tensor | None = None, scale: float = 1.0) -> Tensor | None:
+           source: Tensor | None = None, scale: float = 1.0,
+           steps: int = 0) -> Tensor | None:
     """E1 of a convolution (stride 1) for byte inputs ``x [N, C, H, W]`` (value = code ×
     ``scale``): each nonzero input adds its weights over all output channels; ``None`` if not
     applicable or too dense (the caller then runs the dense convolution). Gradients flow to
     ``weight`` and ``bias`` (summed the same way over the inputs) and, when ``source`` — the
     float tensor ``x`` stands for, such as pooled spikes — is given, to ``source`` (densely).
-    A ``scale`` other than a power of two rounds the scaled weights once (float rounding)."""
+    A ``scale`` other than a power of two rounds the scaled weights once (float rounding).
+    ``steps`` = T when the N images are T steps of N / T samples (image t·B + b): where the
+    inputs change at fewer places from one step to the next than they are nonzero, each
+    sample's sums run on over time, adding only the changes (as :func:`linear` does)."""
     if (not usable(x, weight) or x.dim() != 4 or weight.dim() != 4 or stride != 1
             or weight.shape[2] != weight.shape[3] or x.shape[1] != weight.shape[1]
             or x.numel() == 0 or (source is not None and source.shape != x.shape)):
@@ -806,10 +836,14 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 
         return None
     _threads()
     rows = _byte_images(x).reshape(x.shape[0], -1)
-    if _counts(rows).sum() > max_density * rows.size:
+    counts = _counts(rows)
+    if counts.sum() > max_density * rows.size:
         return None
+    if steps < 2 or x.shape[0] % steps or _changes(
+            rows, torch.Size((steps, x.shape[0] // steps, rows.shape[1])), counts) is None:
+        steps = 0
     src = x if source is None else source
     if torch.is_grad_enabled() and (weight.requires_grad or src.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _EventConv2d.apply(src, weight, bias, padding, x, scale)
-    return _conv(x, weight, bias, padding, scale)
+        return _EventConv2d.apply(src, weight, bias, padding, x, scale, steps)
+    return _conv(x, weight, bias, padding, scale, steps)

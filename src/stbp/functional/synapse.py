@@ -273,19 +273,21 @@ def linear(x: Tensor | spike_bytes.Codes, weight: Tensor, bias: Tensor | None = 
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
-           padding: int = 0, *, events: bool = True) -> Tensor:
+           padding: int = 0, *, events: bool = True, steps: int = 0) -> Tensor:
     """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value.
 
     Byte spikes run event-driven (:func:`stbp.functional.events.conv2d`) when that applies;
-    ``events=False`` forces the dense convolution."""
+    ``events=False`` forces the dense convolution. ``steps`` = T when the N images are T time
+    steps of N / T samples (image t·B + b), which lets the event-driven sums run over the
+    changes along time."""
     if events and is_byte_spikes(x):
-        out = _events.conv2d(x, weight, bias, stride, padding)
+        out = _events.conv2d(x, weight, bias, stride, padding, steps=steps)
         if out is not None:
             return out
     carried = spike_bytes.scaled(x)  # pooled spikes carry their window sums
     if events and carried is not None and x.dtype == weight.dtype:
         out = _events.conv2d(carried[0], weight, bias, stride, padding, source=x,
-                             scale=carried[1])
+                             scale=carried[1], steps=steps)
         if out is not None:
             return out
     if not _tracks(x, weight, bias):
