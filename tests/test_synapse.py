@@ -266,7 +266,7 @@ def test_cnn_compact_gradients_match_plain_layers(mnist, monkeypatch):
     ours = grads()
     with monkeypatch.context() as m:
         m.setattr(synapse, "linear", lambda x, w, b=None, events=True: F.linear(x, w, b))
-        m.setattr(synapse, "conv2d", lambda x, w, b, s, p, events=True: F.conv2d(
+        m.setattr(synapse, "conv2d", lambda x, w, b, s, p, events=True, steps=0: F.conv2d(
             x.to(w.dtype), w, b, s, p))
         m.setattr(synapse, "pack", lambda x: None)
         m.setattr(layers, "avg_pool2d_spikes", lambda x, k: None)  # pool the floats
