@@ -91,6 +91,20 @@ def _validation(v: Any) -> bool:
 _validation.__doc__ = "a count of samples (an integer > 0) or a fraction in (0, 1)"
 
 
+def _rotate(v: Any) -> bool:
+    return _num(v) and 0 <= v <= 180
+
+
+_rotate.__doc__ = "a number of degrees in [0, 180]"
+
+
+def _scale(v: Any) -> bool:
+    return _num(v) and 0 <= v < 1
+
+
+_scale.__doc__ = "a number in [0, 1)"
+
+
 def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
@@ -117,6 +131,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "dataset": (_one_of("mnist", "nmnist", "folder"), True),
         "validation": (_validation, False),
         "shift": (_nonneg_int, False),
+        # images (mnist, folder) only: random rotation (degrees) and scaling, training only
+        "rotate": (_rotate, False),
+        "scale": (_scale, False),
         # event data (nmnist) only:
         "frames": (_one_of("binary", "count"), False),
         "time_window": (_nonneg_int, False),
@@ -249,11 +266,11 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 #: [data] keys that apply to each dataset, with the defaults of the dataset-specific ones.
 DATA_KEYS: dict[str, dict[str, Any]] = {
-    "mnist": {"validation": 5000},
+    "mnist": {"validation": 5000, "rotate": 0.0, "scale": 0.0},
     "nmnist": {"validation": 5000, "frames": "binary", "time_window": 0, "first_saccade": False,
                "verify": True},
     "folder": {"validation": 0.1, "path": None, "size": 28, "color": "gray", "test": 0.2,
-               "split_seed": 0, "classes": None},
+               "split_seed": 0, "classes": None, "rotate": 0.0, "scale": 0.0},
 }
 _COMMON_DATA_KEYS = {"dataset", "validation", "shift"}
 

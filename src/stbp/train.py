@@ -281,6 +281,8 @@ def train(
     # Everything that can fail on bad input happens before the run directory is written.
     tcfg, steps = cfg["train"], cfg["encoding"]["steps"]
     seed, shift, enc = tcfg["seed"], cfg["data"]["shift"], cfg["encoding"]["kind"]
+    # random rotation/scaling of training images (image datasets; off unless set)
+    affine = {k: cfg["data"][k] for k in ("rotate", "scale") if cfg["data"].get(k)}
     data, folder = load_splits(cfg, data_dir, progress=progress and group.is_main)
     train_split = data["train"].subset(limit_train)
     val_split, test_split = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
@@ -339,7 +341,7 @@ def train(
         for i in bar:
             idx = order[i * batch : (i + 1) * batch]
             x = train_split.inputs(idx, steps=steps, kind=enc, generator=spike_gen, shift=shift,
-                                   shift_generator=shift_gen)
+                                   shift_generator=shift_gen, **affine)
             y = train_split.labels[idx]
             n = len(idx)
             if group.world > 1:  # every process drew the whole batch; each runs its share

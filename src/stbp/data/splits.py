@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from stbp import encoding
-from stbp.augment import random_shift
+from stbp.augment import random_affine, random_shift
 from stbp.data.mnist import MNISTSplit
 from stbp.errors import StbpError
 
@@ -46,8 +46,12 @@ class ImageSplit(MNISTSplit):
         generator: torch.Generator | None = None,
         shift: int = 0,
         shift_generator: torch.Generator | None = None,
+        rotate: float = 0.0,
+        scale: float = 0.0,
     ) -> Tensor:
-        """Input ``[T, B, C, H, W]`` of samples ``idx``: scaled to [0, 1], shifted, encoded.
+        """Input ``[T, B, C, H, W]`` of samples ``idx``: scaled to [0, 1], randomly rotated and
+        scaled (:func:`stbp.augment.random_affine`), shifted, encoded; the augmentations draw
+        from ``shift_generator``.
 
         Bernoulli spikes come as ``uint8`` (one byte each; stbp's layers take them directly),
         analog ("direct") input as float32."""
@@ -55,6 +59,8 @@ class ImageSplit(MNISTSplit):
         if x.dim() == 3:
             x = x.unsqueeze(1)
         x = x.to(torch.float32).div_(255.0)
+        if rotate or scale:
+            x = random_affine(x, rotate, scale, generator=shift_generator)
         if shift:
             x = random_shift(x, shift, generator=shift_generator)
         return encoding.encode(kind, x, steps, generator=generator, spike_dtype=torch.uint8)
