@@ -183,6 +183,7 @@ if HAVE_NUMBA:
             hi = min(lo + size, n)
             nxt = np.zeros(hi - lo, mem.dtype)
             grow = np.zeros(hi - lo, mem.dtype)
+            share = np.zeros(max(wo * pk, 1), mem.dtype)
             for t in range(steps - 1, -1, -1):
                 g_mem = gm[t, lo:hi] if with_grad_mem else gm[0, 0:0]
                 m = mem[t, lo:hi]
@@ -201,10 +202,15 @@ if HAVE_NUMBA:
                                     grow[c] += a * wk[c]
                     else:
                         gp = fg[r]
-                        for y in range(ho * pk):
-                            row = gp[(y // pk) * wo:(y // pk + 1) * wo]
-                            for x in range(wo * pk):
-                                grow[y * pw + x] += row[x // pk] / kk
+                        for yo in range(ho):  # each pooled value / k², over its k×k window
+                            for xo in range(wo):
+                                v = gp[yo * wo + xo] / kk
+                                for dx in range(pk):
+                                    share[xo * pk + dx] = v
+                            for dy in range(pk):  # the same row of shares, k times
+                                g_row = grow[(yo * pk + dy) * pw:]
+                                for x in range(wo * pk):
+                                    g_row[x] += share[x]
                     g = grow
                 elif with_grad_spikes:
                     g = gs[t, lo:hi]
