@@ -15,6 +15,12 @@ MNIST's 13 % density, against the one byte per input that the dense path keeps. 
 counts) are used as weights of the summed columns, so any ``uint8`` input gives F.linear's
 result, up to the order of the additions.
 
+Spike trains along time: a Bernoulli-coded digit spikes at almost the same inputs at every
+step, so from one step to the next it changes at far fewer inputs than it spikes (a third, on
+MNIST). Where that holds, a layer that knows T (inputs ``[T, B, ...]``) sums the changes
+instead, x^t W = x^{t−1} W + (x^t − x^{t−1}) W, one sample's steps after another, and forms
+E8 over them too: Σ_t ε^t (x^t)ᵀ = Σ_t (Σ_{t' ≥ t} ε^{t'}) (x^t − x^{t−1})ᵀ.
+
 The kernels are numba, compiled on first use and cached on disk (no install-time
 compilation). :func:`linear` falls back to the dense path when numba is missing, the tensors
 are not on the CPU, or the input is too dense for the sums to win (:data:`MAX_DENSITY`).
