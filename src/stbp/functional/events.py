@@ -244,6 +244,11 @@ if HAVE_NUMBA:
         # (at i + pad − tap), as a range [lo, hi)
         return max(0, i + pad - size + 1), min(k, i + pad + 1)
 
+    @nb.njit(inline="always")
+    def _input(row, prow, xi, j, f):  # pragma: no cover - compiled
+        # the input at xi as f (step j = 0), or its change since the previous step (j > 0)
+        return f(row[xi]) - f(prow[xi]) if j else f(row[xi])
+
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_forward(x, wt, base, pad, steps, out):  # pragma: no cover - compiled
         # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
@@ -271,14 +276,9 @@ if HAVE_NUMBA:
                         prow = x[n - per, ci, yi] if j else row
                         ky0, ky1 = _taps(yi, pad, ho, k)
                         for xi in range(w):
-                            if j:
-                                if row[xi] == prow[xi]:
-                                    continue
-                                fv = f(row[xi]) - f(prow[xi])
-                            else:
-                                if row[xi] == 0:
-                                    continue
-                                fv = f(row[xi])
+                            fv = _input(row, prow, xi, j, f)
+                            if fv == 0:
+                                continue
                             kx0, kx1 = _taps(xi, pad, wo, k)
                             for ky in range(ky0, ky1):
                                 q0 = (yi + pad - ky) * wo + xi + pad
@@ -328,14 +328,9 @@ if HAVE_NUMBA:
                             prow = x[n - per, ci, yi] if j else row
                             ky0, ky1 = _taps(yi, pad, ho, k)
                             for xi in range(w):
-                                if j:
-                                    if row[xi] == prow[xi]:
-                                        continue
-                                    fv = f(row[xi]) - f(prow[xi])
-                                else:
-                                    if row[xi] == 0:
-                                        continue
-                                    fv = f(row[xi])
+                                fv = _input(row, prow, xi, j, f)
+                                if fv == 0:
+                                    continue
                                 kx0, kx1 = _taps(xi, pad, wo, k)
                                 for ky in range(ky0, ky1):
                                     q0 = (yi + pad - ky) * wo + xi + pad
