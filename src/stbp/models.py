@@ -61,7 +61,8 @@ class SpikingNet(nn.Sequential):
                 f"the network expects input spikes of shape [T, B, ...], got shape {tuple(x.shape)}"
             )
         mods = list(self)
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+        tracing = torch.jit.is_tracing() or bool(compiling and compiling())
         for i, layer in enumerate(mods):
             nxt = mods[i + 1] if i + 1 < len(mods) else None
             if not tracing and _hands_codes(layer, nxt):
