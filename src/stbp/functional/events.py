@@ -62,32 +62,43 @@ if HAVE_NUMBA:
             counts[r] = c
 
     @nb.njit(inline="always")
-    def _compact(xr, idx):  # pragma: no cover - compiled
-        # the columns of row xr's nonzero entries into idx[:m]; branch-free (every column is
-        # written, the count advances on a nonzero), ~2× faster than a branch per byte at the
-        # unpredictable densities of spikes
+    def _input(xr, xp, k, changes, f):  # pragma: no cover - compiled
+        # input k of row xr as f, or (changes) its change since the previous step's row xp
+        return f(xr[k]) - f(xp[k]) if changes else f(xr[k])
+
+    @nb.njit(inline="always")
+    def _compact(xr, xp, changes, idx):  # pragma: no cover - compiled
+        # the columns of row xr's nonzero entries (changes: where xr differs from xp) into
+        # idx[:m]; branch-free (every column is written, the count advances on a hit), ~2×
+        # faster than a branch per byte at the unpredictable densities of spikes
         m = 0
-        for k in range(xr.shape[0]):
-            idx[m] = k
-            m += xr[k] != 0
+        if changes:
+            for k in range(xr.shape[0]):
+                idx[m] = k
+                m += xr[k] != xp[k]
+        else:
+            for k in range(xr.shape[0]):
+                idx[m] = k
+                m += xr[k] != 0
         return m
 
     @nb.njit(inline="always")
-    def _accumulate(xr, idx, m, dense, o):  # pragma: no cover - compiled
-        # o += Σ_i xr[idx[i]] · dense[idx[i]], four entries per pass over o so that o is loaded
-        # and stored a quarter as often
+    def _accumulate(xr, xp, changes, idx, m, dense, o):  # pragma: no cover - compiled
+        # o += Σ_i v_i · dense[idx[i]] with v_i = _input(idx[i]), four entries per pass over o
+        # so that o is loaded and stored a quarter as often
+        f = dense.dtype.type
         j = 0
         while j + 4 <= m:
             k0, k1, k2, k3 = idx[j], idx[j + 1], idx[j + 2], idx[j + 3]
             d0, d1, d2, d3 = dense[k0], dense[k1], dense[k2], dense[k3]
-            w0, w1 = dense.dtype.type(xr[k0]), dense.dtype.type(xr[k1])
-            w2, w3 = dense.dtype.type(xr[k2]), dense.dtype.type(xr[k3])
+            w0, w1 = _input(xr, xp, k0, changes, f), _input(xr, xp, k1, changes, f)
+            w2, w3 = _input(xr, xp, k2, changes, f), _input(xr, xp, k3, changes, f)
             for c in range(o.shape[0]):
                 o[c] += (w0 * d0[c] + w1 * d1[c]) + (w2 * d2[c] + w3 * d3[c])
             j += 4
         while j < m:
             k0 = idx[j]
-            d0, w0 = dense[k0], dense.dtype.type(xr[k0])
+            d0, w0 = dense[k0], _input(xr, xp, k0, changes, f)
             for c in range(o.shape[0]):
                 o[c] += w0 * d0[c]
             j += 1
@@ -104,7 +115,7 @@ if HAVE_NUMBA:
             for i in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
                 r = order[i]
                 xr = x[r]
-                m = _compact(xr, idx)
+                m = _compact(xr, xr, False, idx)
                 j = indptr[i]
                 for e in range(m):
                     k = idx[e]
@@ -113,7 +124,7 @@ if HAVE_NUMBA:
                 if with_out:
                     o = out[r]
                     o[:] = base
-                    _accumulate(xr, idx, m, dense, o)
+                    _accumulate(xr, xr, False, idx, m, dense, o)
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _count_changes(x, steps, counts):  # pragma: no cover - compiled
@@ -134,35 +145,6 @@ if HAVE_NUMBA:
                     c += xr[k] != xp[k]
                 counts[b * steps + t] = c
 
-    @nb.njit(inline="always")
-    def _compact_changes(xr, xp, idx):  # pragma: no cover - compiled
-        # the columns where xr and xp differ into idx[:m], branch-free as _compact
-        m = 0
-        for k in range(xr.shape[0]):
-            idx[m] = k
-            m += xr[k] != xp[k]
-        return m
-
-    @nb.njit(inline="always")
-    def _accumulate_changes(xr, xp, idx, m, dense, o):  # pragma: no cover - compiled
-        # o += Σ_i (xr − xp)[idx[i]] · dense[idx[i]], four entries per pass over o
-        f = dense.dtype.type
-        j = 0
-        while j + 4 <= m:
-            k0, k1, k2, k3 = idx[j], idx[j + 1], idx[j + 2], idx[j + 3]
-            d0, d1, d2, d3 = dense[k0], dense[k1], dense[k2], dense[k3]
-            w0, w1 = f(xr[k0]) - f(xp[k0]), f(xr[k1]) - f(xp[k1])
-            w2, w3 = f(xr[k2]) - f(xp[k2]), f(xr[k3]) - f(xp[k3])
-            for c in range(o.shape[0]):
-                o[c] += (w0 * d0[c] + w1 * d1[c]) + (w2 * d2[c] + w3 * d3[c])
-            j += 4
-        while j < m:
-            k0 = idx[j]
-            d0, w0 = dense[k0], f(xr[k0]) - f(xp[k0])
-            for c in range(o.shape[0]):
-                o[c] += w0 * d0[c]
-            j += 1
-
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _fill_changes(x, steps, indptr, index, value, dense, base, out,
                       with_csr):  # pragma: no cover - compiled
@@ -175,30 +157,20 @@ if HAVE_NUMBA:
         per = rows // steps
         for b in nb.prange(per):
             idx = np.empty(cols + 1, np.int32)
-            zero = x[b]
             for t in range(steps):
                 r = t * per + b
                 xr = x[r]
+                xp = x[r - per] if t else xr
                 o = out[r]
-                if t == 0:
-                    m = _compact(xr, idx)
-                    o[:] = base
-                    _accumulate(xr, idx, m, dense, o)
-                    xp = zero
-                else:
-                    xp = x[r - per]
-                    m = _compact_changes(xr, xp, idx)
-                    o[:] = out[r - per]
-                    _accumulate_changes(xr, xp, idx, m, dense, o)
+                o[:] = out[r - per] if t else base
+                m = _compact(xr, xp, t > 0, idx)
+                _accumulate(xr, xp, t > 0, idx, m, dense, o)
                 if with_csr:
                     j = indptr[b * steps + t]
                     for e in range(m):
                         k = idx[e]
                         index[j + e] = k
-                        v = value.dtype.type(xr[k])
-                        if t:
-                            v -= value.dtype.type(xp[k])
-                        value[j + e] = v
+                        value[j + e] = _input(xr, xp, k, t > 0, value.dtype.type)
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _suffix_rows(dense, order, lo, hi, steps, out):  # pragma: no cover - compiled
@@ -244,11 +216,6 @@ if HAVE_NUMBA:
         # (at i + pad − tap), as a range [lo, hi)
         return max(0, i + pad - size + 1), min(k, i + pad + 1)
 
-    @nb.njit(inline="always")
-    def _input(row, prow, xi, j, f):  # pragma: no cover - compiled
-        # the input at xi as f (step j = 0), or its change since the previous step (j > 0)
-        return f(row[xi]) - f(prow[xi]) if j else f(row[xi])
-
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_forward(x, wt, base, pad, steps, out):  # pragma: no cover - compiled
         # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
@@ -276,7 +243,7 @@ if HAVE_NUMBA:
                         prow = x[n - per, ci, yi] if j else row
                         ky0, ky1 = _taps(yi, pad, ho, k)
                         for xi in range(w):
-                            fv = _input(row, prow, xi, j, f)
+                            fv = _input(row, prow, xi, j > 0, f)
                             if fv == 0:
                                 continue
                             kx0, kx1 = _taps(xi, pad, wo, k)
@@ -328,7 +295,7 @@ if HAVE_NUMBA:
                             prow = x[n - per, ci, yi] if j else row
                             ky0, ky1 = _taps(yi, pad, ho, k)
                             for xi in range(w):
-                                fv = _input(row, prow, xi, j, f)
+                                fv = _input(row, prow, xi, j > 0, f)
                                 if fv == 0:
                                     continue
                                 kx0, kx1 = _taps(xi, pad, wo, k)
@@ -369,10 +336,10 @@ if HAVE_NUMBA:
             for i in range(ch * _ROWS, min(rows, (ch + 1) * _ROWS)):
                 r = order[i]
                 xr = x[r]
-                m = _compact(xr, idx)
+                m = _compact(xr, xr, False, idx)
                 o = out[r]
                 o[:] = base
-                _accumulate(xr, idx, m, dense, o)
+                _accumulate(xr, xr, False, idx, m, dense, o)
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _transpose_chunks(indptr, index, value, order, cols, bounds, t_indptr, t_index,
@@ -746,8 +713,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
         return _EventLinear.apply(source, weight, bias, rows, counts, x.shape, hand, scale,
                                   spikes if hand is not None else None)
     wt, base = _operands(weight, bias, scale)
-    if _changes(rows, x.shape, counts) is not None:  # no backward: no CSR to keep
-        _, out = _csr_changes(rows, int(x.shape[0]), counts, wt, base, with_csr=False)
+    changes = _changes(rows, x.shape, counts)
+    if changes is not None:  # no backward: no CSR to keep
+        _, out = _csr_changes(rows, int(x.shape[0]), changes, wt, base, with_csr=False)
     else:
         out = np.empty((rows.shape[0], wt.shape[1]), wt.dtype)
         _scan_matmul(rows, _sample_order(x.shape), wt, base, out)

@@ -78,10 +78,6 @@ class Codes:
     def shape(self) -> torch.Size:
         return self.codes.shape
 
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
     def dim(self) -> int:
         return self.codes.dim()
 
