@@ -199,7 +199,7 @@ def test_digit_labelled_windows_name_the_digit(mnist, tmp_path):
 
 def test_rgb_detector_writes_outputs(tmp_path):
     """An RGB object/background network (untrained: this checks shapes and files, not accuracy)."""
-    from stbp.data.splits import resolve_dataset
+    from stbp.config import resolve_dataset
     from stbp.detect import write_detections
     from stbp.train import build_model
 

@@ -15,12 +15,12 @@ from stbp.data.splits import load_splits
 from stbp.errors import StbpError
 from stbp.export import from_nir, read_nir, to_nir, write_nir
 from stbp.models import mlp
+from stbp.runs import load_checkpoint, model_from_checkpoint
 from stbp.stats import trace
-from stbp.train import _model_from_checkpoint, load_checkpoint
 
 
 def _run(run: Path):
-    model, cfg = _model_from_checkpoint(load_checkpoint(run / "best.pt"), run / "best.pt")
+    model, cfg = model_from_checkpoint(load_checkpoint(run / "best.pt"), run / "best.pt")
     return model.eval(), cfg
 
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from stbp.cli import main
-from stbp.config import load_config, validate
+from stbp.config import load_config, resolve_dataset, validate
 from stbp.data.folder import list_classes, load_folder, read_image
-from stbp.data.splits import load_splits, resolve_dataset
+from stbp.data.splits import load_splits
 from stbp.errors import StbpError
 from stbp.train import build_model
 

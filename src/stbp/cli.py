@@ -29,9 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a TOML config file (applied on top of --preset, if given)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=V",
                    help="override one setting, e.g. --set train.lr=0.0005 (repeatable)")
-    t.add_argument("--dataset", metavar="NAME|folder:PATH",
-                   help="mnist, nmnist, or folder:PATH — your own images, one subfolder of "
-                   "PNG/JPEG files per class (overrides data.dataset, data.path)")
+    t.add_argument("--dataset", metavar="NAME|folder:PATH", help=_dataset_help())
     t.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     t.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     t.add_argument("--data-dir", help="folder holding the dataset files: MNIST's IDX files, or "
@@ -133,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dataset_help() -> str:
+    from stbp.data import registry
+
+    forms = "; ".join(f"{s.name}{':' + s.argument.upper() if s.argument else ''}: {s.summary}"
+                      for s in registry.specs())
+    return f"the dataset (overrides data.dataset and the key NAME:VALUE sets): {forms}"
+
+
 def _default_scales() -> tuple[int, ...]:
     from stbp.data.scenes import SceneSpec
 
@@ -140,8 +146,7 @@ def _default_scales() -> tuple[int, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stbp.config import load_config
-    from stbp.data.splits import resolve_dataset
+    from stbp.config import load_config, resolve_dataset
     from stbp.train import train
 
     overrides = list(args.overrides)
@@ -215,12 +220,12 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from stbp.config import DATASETS
+    from stbp.config import dataset_info
     from stbp.export import DEFAULT_DT, to_nir, write_nir
-    from stbp.train import load_run
+    from stbp.runs import load_run
 
     model, cfg, _, _ = load_run(args.run, args.checkpoint)
-    shape = (tuple(DATASETS[cfg["data"]["dataset"]]["input"]) if cfg["model"]["kind"] == "cnn"
+    shape = (tuple(dataset_info(cfg["data"]).input) if cfg["model"]["kind"] == "cnn"
              else (cfg["model"]["sizes"][0],))
     dt = DEFAULT_DT if args.dt is None else args.dt
     graph = to_nir(model, shape, dt=dt, approximate=args.approximate)

@@ -8,8 +8,9 @@ message naming the file, the key and what is wrong.
 from __future__ import annotations
 
 import copy
-import math
+import os
 import sys
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,44 +20,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from stbp import checks
+from stbp.data import registry
+from stbp.data.registry import dataset_info
 from stbp.errors import StbpError
 from stbp.functional.lif import BACKENDS, RESETS
 from stbp.functional.surrogate import SURROGATES, get_surrogate
 
 __all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override",
-           "dataset_info", "with_dataset"]
-
-
-def _pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _nonneg_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _pos_num(v: Any) -> bool:
-    return _num(v) and v > 0
-
-
-def _nonneg_num(v: Any) -> bool:
-    return _num(v) and v >= 0
-
-
-def _int_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) >= 1 and all(_pos_int(x) for x in v)
-
-
-def _one_of(*options: str):
-    def check(v: Any) -> bool:
-        return v in options
-
-    check.__doc__ = "one of: " + ", ".join(options)
-    return check
+           "dataset_info", "with_dataset", "resolve_dataset", "validate"]
 
 
 def _surrogate_name(v: Any) -> bool:
@@ -70,126 +42,75 @@ def _surrogate_name(v: Any) -> bool:
 
 
 _surrogate_name.__doc__ = "one of: " + ", ".join(SURROGATES)
-_pos_int.__doc__ = "an integer > 0"
-_nonneg_int.__doc__ = "an integer >= 0"
-_pos_num.__doc__ = "a number > 0"
-_nonneg_num.__doc__ = "a number >= 0"
-_int_list.__doc__ = "a non-empty list of integers > 0"
 
 
-def _decay(v: Any) -> bool:
-    return _num(v) and 0 < v <= 1
+class _DataSchema(Mapping):
+    """The ``[data]`` table's keys, read from the dataset registry (:mod:`stbp.data.registry`)
+    each time: ``dataset``, the keys every dataset takes, and each registered dataset's own."""
 
+    def _keys(self) -> dict[str, tuple[Any, bool]]:
+        out: dict[str, tuple[Any, bool]] = {"dataset": (checks.one_of(*registry.names()), True)}
+        out.update({k: (key.check, False) for k, key in registry.COMMON_KEYS.items()})
+        for spec in registry.specs():
+            for k, key in spec.keys.items():
+                out.setdefault(k, (key.check, False))
+        return out
 
-_decay.__doc__ = "a number in (0, 1]"
+    def __getitem__(self, key: str) -> tuple[Any, bool]:
+        return self._keys()[key]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
 
-def _validation(v: Any) -> bool:
-    return _pos_int(v) or (_num(v) and isinstance(v, float) and 0 < v < 1)
+    def __len__(self) -> int:
+        return len(self._keys())
 
-
-_validation.__doc__ = "a count of samples (an integer > 0) or a fraction in (0, 1)"
-
-
-def _rotate(v: Any) -> bool:
-    return _num(v) and 0 <= v <= 180
-
-
-_rotate.__doc__ = "a number of degrees in [0, 180]"
-
-
-def _scale(v: Any) -> bool:
-    return _num(v) and 0 <= v < 1
-
-
-_scale.__doc__ = "a number in [0, 1)"
-
-
-def _bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-_bool.__doc__ = "true or false"
-
-
-def _str(v: Any) -> bool:
-    return isinstance(v, str) and bool(v)
-
-
-_str.__doc__ = "a non-empty string"
-
-
-def _str_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) >= 2 and all(_str(x) for x in v)
-
-
-_str_list.__doc__ = "a list of at least 2 non-empty strings"
 
 #: table -> key -> (check, required)
 SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
-    "data": {
-        "dataset": (_one_of("mnist", "nmnist", "folder"), True),
-        "validation": (_validation, False),
-        "shift": (_nonneg_int, False),
-        # images (mnist, folder) only: random rotation (degrees) and scaling, training only
-        "rotate": (_rotate, False),
-        "scale": (_scale, False),
-        # event data (nmnist) only:
-        "frames": (_one_of("binary", "count"), False),
-        "time_window": (_nonneg_int, False),
-        "first_saccade": (_bool, False),
-        "verify": (_bool, False),
-        # your own images (folder) only:
-        "path": (_str, False),
-        "size": (_pos_int, False),
-        "color": (_one_of("gray", "rgb"), False),
-        "test": (_validation, False),
-        "split_seed": (_nonneg_int, False),
-        "classes": (_str_list, False),
-    },
+    "data": _DataSchema(),  # type: ignore[dict-item]
     "model": {
-        "kind": (_one_of("mlp", "cnn"), True),
-        "sizes": (_int_list, False),
-        "channels": (_int_list, False),
-        "hidden": (_int_list, False),
-        "kernel_size": (_pos_int, False),
-        "init": (_one_of("paper", "default"), False),
-        "spiking": (_bool, False),
+        "kind": (checks.one_of("mlp", "cnn"), True),
+        "sizes": (checks.int_list, False),
+        "channels": (checks.int_list, False),
+        "hidden": (checks.int_list, False),
+        "kernel_size": (checks.positive_int, False),
+        "init": (checks.one_of("paper", "default"), False),
+        "spiking": (checks.boolean, False),
     },
     "neuron": {
-        "decay": (_decay, True),
-        "threshold": (_pos_num, True),
+        "decay": (checks.number_in(0, 1, low_open=True), True),
+        "threshold": (checks.positive_number, True),
         "surrogate": (_surrogate_name, False),
-        "width": (_pos_num, False),
-        "reset": (_one_of(*RESETS), False),
-        "temporal": (_bool, False),
-        "backend": (_one_of(*BACKENDS), False),
+        "width": (checks.positive_number, False),
+        "reset": (checks.one_of(*RESETS), False),
+        "temporal": (checks.boolean, False),
+        "backend": (checks.one_of(*BACKENDS), False),
     },
     "encoding": {
-        "kind": (_one_of("bernoulli", "direct", "events"), False),
-        "steps": (_pos_int, True),
+        "kind": (checks.one_of("bernoulli", "direct", "events"), False),
+        "steps": (checks.positive_int, True),
     },
     "train": {
-        "epochs": (_pos_int, True),
-        "batch_size": (_pos_int, True),
-        "eval_batch_size": (_pos_int, False),
-        "optimizer": (_one_of("adam", "adamw", "sgd"), False),
-        "lr": (_pos_num, True),
-        "momentum": (_nonneg_num, False),
-        "weight_decay": (_nonneg_num, False),
-        "schedule": (_one_of("none", "cosine", "step"), False),
-        "step_epochs": (_pos_int, False),
-        "step_gamma": (_pos_num, False),
-        "loss": (_one_of("mse", "cross_entropy"), False),
-        "ce_scale": (_pos_num, False),
-        "seed": (_nonneg_int, False),
-        "precision": (_one_of("fp32", "bf16"), False),
-        "device": (_one_of("auto", "cpu", "cuda"), False),
+        "epochs": (checks.positive_int, True),
+        "batch_size": (checks.positive_int, True),
+        "eval_batch_size": (checks.positive_int, False),
+        "optimizer": (checks.one_of("adam", "adamw", "sgd"), False),
+        "lr": (checks.positive_number, True),
+        "momentum": (checks.nonneg_number, False),
+        "weight_decay": (checks.nonneg_number, False),
+        "schedule": (checks.one_of("none", "cosine", "step"), False),
+        "step_epochs": (checks.positive_int, False),
+        "step_gamma": (checks.positive_number, False),
+        "loss": (checks.one_of("mse", "cross_entropy"), False),
+        "ce_scale": (checks.positive_number, False),
+        "seed": (checks.nonneg_int, False),
+        "precision": (checks.one_of("fp32", "bf16"), False),
+        "device": (checks.one_of("auto", "cpu", "cuda"), False),
     },
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"shift": 0},
     "model": {"init": "paper", "spiking": True},
     "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True,
                "backend": "auto"},
@@ -256,24 +177,6 @@ def parse_override(text: str) -> dict[str, Any]:
     return {table: {name: parsed}}
 
 
-#: What each dataset feeds the network: input shape (C, H, W), number of classes, training samples
-#: (None: known only once the folder is read, as for the N-MNIST subset). A folder dataset's
-#: shape comes from its [data] size/color/classes (:func:`dataset_info`).
-DATASETS: dict[str, dict[str, Any]] = {
-    "mnist": {"input": (1, 28, 28), "classes": 10, "train_images": 60000},
-    "nmnist": {"input": (2, 34, 34), "classes": 10, "train_images": None},
-}
-
-#: [data] keys that apply to each dataset, with the defaults of the dataset-specific ones.
-DATA_KEYS: dict[str, dict[str, Any]] = {
-    "mnist": {"validation": 5000, "rotate": 0.0, "scale": 0.0},
-    "nmnist": {"validation": 5000, "frames": "binary", "time_window": 0, "first_saccade": False,
-               "verify": True},
-    "folder": {"validation": 0.1, "path": None, "size": 28, "color": "gray", "test": 0.2,
-               "split_seed": 0, "classes": None, "rotate": 0.0, "scale": 0.0},
-}
-_COMMON_DATA_KEYS = {"dataset", "validation", "shift"}
-
 #: [model] keys that apply to each kind of network.
 MODEL_KEYS = {
     "mlp": {"kind", "sizes", "init", "spiking"},
@@ -281,39 +184,41 @@ MODEL_KEYS = {
 }
 
 
-def dataset_info(data: dict[str, Any]) -> dict[str, Any]:
-    """Input shape (C, H, W), number of classes (None while a folder's classes are unresolved)
-    and training-set size (None if known only once read) of a validated [data] table."""
-    if data["dataset"] != "folder":
-        return DATASETS[data["dataset"]]
-    channels = 3 if data["color"] == "rgb" else 1
-    classes = data.get("classes")
-    return {"input": (channels, data["size"], data["size"]),
-            "classes": len(classes) if classes else None, "train_images": None}
-
-
-def _check_model(cfg: dict[str, Any], source: str) -> None:
-    """Cross-key checks: the network's shape must fit the dataset's images and classes."""
-    model, data = cfg["model"], cfg["data"]
-    extra = sorted(set(data) - _COMMON_DATA_KEYS - set(DATA_KEYS[data["dataset"]]))
+def _check_data(cfg: dict[str, Any], source: str) -> None:
+    """Cross-key checks of [data] against its dataset's declaration (:mod:`stbp.data.registry`):
+    keys that apply, the dataset's own checks, and an encoding that fits the data."""
+    data = cfg["data"]
+    spec = registry.get(data["dataset"])
+    extra = sorted(set(data) - spec.key_names())
     if extra:
         raise StbpError(
             f"config {source}: [data] {', '.join(extra)} do(es) not apply to dataset = "
             f"{data['dataset']!r}"
         )
-    if data["dataset"] == "folder" and not data.get("path"):
-        raise StbpError(
-            f"config {source}: dataset = 'folder' needs [data] path = \"FOLDER\" (one subfolder of "
-            "PNG/JPEG images per class), or use --dataset folder:FOLDER"
-        )
+    for key, value in data.items():
+        check = spec.keys[key].check if key in spec.keys else None
+        if check is not None and not check(value):
+            raise StbpError(f"config {source}: [data] {key} = {value!r} is invalid; expected "
+                            f"{check.__doc__}")
+    if spec.check is not None:
+        try:
+            spec.check(data)
+        except StbpError as err:
+            raise StbpError(f"config {source}: {err}") from None
+    kind = cfg["encoding"]["kind"]
+    if kind not in spec.encodings:
+        use = " or ".join(f"'{e}'" for e in spec.encodings)
+        hint = ("event recordings are their own spikes; use kind = 'events'" if spec.events
+                else f"use {use}" + (" for images" if {"bernoulli", "direct"} >= set(spec.encodings)
+                                     else ""))
+        raise StbpError(f"config {source}: [encoding] kind = {kind!r} does not fit dataset = "
+                        f"{data['dataset']!r}: {hint}")
+
+
+def _check_model(cfg: dict[str, Any], source: str) -> None:
+    """Cross-key checks: the network's shape must fit the dataset's images and classes."""
+    model, data = cfg["model"], cfg["data"]
     ds = dataset_info(data)
-    events = data["dataset"] == "nmnist"
-    if (cfg["encoding"]["kind"] == "events") != events:
-        raise StbpError(
-            f"config {source}: [encoding] kind = {cfg['encoding']['kind']!r} does not fit dataset = "
-            f"{data['dataset']!r}: " + ("event recordings are their own spikes; use kind = 'events'"
-                                        if events else "use 'bernoulli' or 'direct' for images")
-        )
     kind = model["kind"]
     extra = sorted(set(model) - MODEL_KEYS[kind])
     if extra:
@@ -321,29 +226,29 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
             f"config {source}: [model] {', '.join(extra)} do(es) not apply to kind = {kind!r}; "
             f"it takes {', '.join(sorted(MODEL_KEYS[kind] - {'kind'}))}"
         )
-    if isinstance(data["validation"], int) and ds["train_images"] and not (
-        data["validation"] < ds["train_images"]
+    if isinstance(data["validation"], int) and ds.train_size and not (
+        data["validation"] < ds.train_size
     ):
         raise StbpError(
             f"config {source}: [data] validation = {data['validation']} must be smaller than the "
-            f"{ds['train_images']} {data['dataset']} training images"
+            f"{ds.train_size} {data['dataset']} training images"
         )
-    c, h, w = ds["input"]
+    c, h, w = ds.input
     if kind == "mlp":
         sizes = model.get("sizes")
         if sizes is None or len(sizes) < 2:
             raise StbpError(
                 f"config {source}: [model] kind = 'mlp' needs sizes = [in, ..., out] with at "
-                f"least 2 entries, e.g. [{c * h * w}, 800, {ds['classes'] or 2}]"
+                f"least 2 entries, e.g. [{c * h * w}, 800, {ds.classes or 2}]"
             )
         if sizes[0] != c * h * w:
             raise StbpError(
                 f"config {source}: [model] sizes = {sizes} must start with {c * h * w}: "
                 f"{data['dataset']} images have {c}x{h}x{w} = {c * h * w} pixels"
             )
-        if ds["classes"] is not None and sizes[-1] != ds["classes"]:
+        if ds.classes is not None and sizes[-1] != ds.classes:
             raise StbpError(
-                f"config {source}: [model] sizes = {sizes} must end with {ds['classes']}, the "
+                f"config {source}: [model] sizes = {sizes} must end with {ds.classes}, the "
                 f"number of {data['dataset']} classes"
             )
     else:
@@ -390,31 +295,44 @@ def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
             if required and key not in values:
                 raise StbpError(f"config {source}: [{table}] is missing the required key {key!r}")
         out[table] = {**DEFAULTS.get(table, {}), **values}
-    # dataset-specific defaults (None: optional, absent unless given)
-    specific = {k: v for k, v in DATA_KEYS[out["data"]["dataset"]].items() if v is not None}
-    out["data"] = {**specific, **out["data"]}
+    # the dataset's defaults (its own keys and the common ones; absent if it has none)
+    out["data"] = {**registry.get(out["data"]["dataset"]).defaults, **out["data"]}
+    _check_data(out, source)
     _check_model(out, source)
     return out
 
 
 def with_dataset(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """``--dataset``: ``"mnist"``, ``"nmnist"`` or ``"folder:PATH"`` in place of a (raw) config's
-    dataset; [data] keys that belong to the previous dataset only are dropped."""
-    name, sep, path = dataset.partition(":")
-    if name not in DATA_KEYS or (name == "folder") != bool(sep) or (sep and not path):
-        raise StbpError(f"--dataset {dataset!r}: expected mnist, nmnist or folder:PATH (a folder "
-                        "with one subfolder of PNG/JPEG images per class)")
+    """``--dataset``: a registered dataset's name (e.g. ``"mnist"``), or ``"NAME:VALUE"`` for one
+    that takes an argument (``"folder:PATH"``), in place of a (raw) config's dataset; [data] keys
+    that belong to the previous dataset only are dropped."""
+    name, sep, value = dataset.partition(":")
+    spec = registry.get(name) if name in registry.names() else None
+    if spec is None or (spec.argument is not None) != bool(sep) or (sep and not value):
+        raise StbpError(f"--dataset {dataset!r}: expected {registry.dataset_forms()}")
     data = dict(cfg.get("data", {})) if isinstance(cfg.get("data"), dict) else {}
-    keep = _COMMON_DATA_KEYS | set(DATA_KEYS[name])
-    data = {k: v for k, v in data.items() if k in keep}
+    data = {k: v for k, v in data.items() if k in spec.key_names()}
     if data.get("dataset") != name and "validation" in data:
         del data["validation"]  # a count of MNIST images means nothing for another dataset
     data["dataset"] = name
-    if name == "folder":
-        data["path"] = path
+    if spec.argument is not None:
+        data[spec.argument] = value
     out = copy.deepcopy(cfg)
     out["data"] = data
     return out
+
+
+def resolve_dataset(cfg: dict[str, Any], data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The config with what only the dataset's files tell filled in (a folder dataset: its path
+    made absolute — ``data_dir``, if given, replaces it — and its class names), validated again;
+    other configs as they are. A run saves the resolved config, so its network's shape is known
+    without the data."""
+    data = cfg["data"]
+    resolved = registry.get(data["dataset"]).resolve(dict(data), data_dir)
+    if resolved == data:
+        return cfg
+    changed = ", ".join(f"{k} = {resolved[k]!r}" for k in resolved if resolved[k] != data.get(k))
+    return validate({**cfg, "data": resolved}, f"[data] {changed}")
 
 
 def load_config(

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from stbp import seeds
 from stbp.data.scenes import SceneSpec, box_iou, crop_resize
 from stbp.errors import StbpError
+from stbp.io import atomic_write
 from stbp.loss import firing_rate
-from stbp.train import _atomic_write
 
 __all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
            "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
@@ -194,7 +195,7 @@ class Detector:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", **kwargs) -> Detector:
         """The detector of a run directory written by ``stbp train`` (its best-validation model)."""
-        from stbp.train import load_run
+        from stbp.runs import load_run
 
         model, cfg, _, _ = load_run(run_dir, checkpoint)
         if cfg["data"]["dataset"] != "folder" or cfg["encoding"]["kind"] == "events":
@@ -220,7 +221,7 @@ class Detector:
         """Every window of ``image`` (uint8 ``[C, H, W]``): boxes ``[K, 4]``, scores ``[K]`` and the
         index of the best object class ``[K]``."""
         from stbp.data.splits import ImageSplit
-        from stbp.train import _gen, autocast
+        from stbp.runs import autocast
 
         image = np.asarray(image)
         if image.ndim == 2:
@@ -230,7 +231,7 @@ class Detector:
             return boxes, np.zeros(0), np.zeros(0, np.int64)
         windows = ImageSplit(crop_resize(image, boxes, self.size), torch.zeros(len(boxes), dtype=torch.long))
         steps, kind = self.cfg["encoding"]["steps"], self.cfg["encoding"]["kind"]
-        gen = _gen(_DETECT_SEED, seed)
+        gen = seeds.generator(_DETECT_SEED, seed)
         rates = []
         for start in range(0, len(boxes), self.batch_size):
             idx = torch.arange(start, min(start + self.batch_size, len(boxes)))
@@ -309,8 +310,8 @@ def write_detections(detector: Detector, images: list[str | os.PathLike], out: s
                   "detections": [d.to_json() for d in dets],
                   "settings": {"scales": list(detector.scales), "stride": detector.stride,
                                "vote": detector.vote, "min_score": min_score, "nms_iou": nms_iou}}
-        _atomic_write(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
-        _atomic_write(out / f"{path.stem}.png", annotate(img, dets))
+        atomic_write(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write(out / f"{path.stem}.png", annotate(img, dets))
         results.append(record)
     return results
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 
+from stbp import seeds
 from stbp.errors import StbpError
+from stbp.io import atomic_open
 
 __all__ = ["accuracy_curves", "surrogate_shapes", "layer_rates", "raster", "plot_run",
-           "read_history"]
+           "read_history", "output_neuron"]
 
 _CURVE_RANGE = 2.5  # u − V_th from −2.5 to 2.5 in the surrogate figure
 
@@ -40,13 +42,11 @@ def _pyplot():
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_open(path) as fh:
+            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -104,9 +104,10 @@ def accuracy_curves(
 
 
 def surrogate_shapes(
-    curves: Sequence[tuple[str, str, float]], path: str | os.PathLike, *, title: str = ""
+    curves: Sequence[tuple[str, Any, float]], path: str | os.PathLike, *, title: str = ""
 ) -> Path:
-    """Plot h(u − V_th) for each ``(label, surrogate name, width a)``."""
+    """Plot h(u − V_th) for each ``(label, surrogate, width a)``; the surrogate is a name (with
+    that width) or a :class:`~stbp.functional.surrogate.Surrogate` (its own width applies)."""
     from stbp.functional.surrogate import get_surrogate
 
     plt = _pyplot()
@@ -148,7 +149,7 @@ def raster(
     traced: dict[str, Any],
     path: str | os.PathLike,
     *,
-    threshold: float,
+    threshold: float | None,
     sample: int = 0,
     label: int | None = None,
     title: str = "",
@@ -156,6 +157,8 @@ def raster(
     """Spike rasters of one sample (input and every layer) and its output membrane traces.
 
     ``traced`` is :func:`stbp.stats.trace`'s result; ``sample`` picks one from its batch.
+    ``threshold`` is the output neurons' V_th (read it from the model, :func:`output_neuron`);
+    ``None`` draws no threshold line (a non-spiking network).
     """
     plt = _pyplot()
     x = traced["input"][:, sample].float()
@@ -193,7 +196,8 @@ def raster(
         bold = label is not None and k == label
         ax.plot(t, mem[:, k], lw=2.0 if bold else 0.8, alpha=1.0 if bold else 0.6,
                 label=f"neuron {k}" + (" (label)" if bold else ""))
-    ax.axhline(threshold, color="r", ls="--", lw=1, label="V_th")
+    if threshold is not None:
+        ax.axhline(threshold, color="r", ls="--", lw=1, label="V_th")
     ax.set_xlim(0.5, steps + 0.5)
     ax.set_xlabel("time step t")
     ax.set_ylabel("u^t", fontsize=8)
@@ -201,6 +205,13 @@ def raster(
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return _save(fig, path)
+
+
+def output_neuron(model: Any) -> Any:
+    """The neuron settings (:class:`~stbp.functional.lif.LIFParams`: threshold, surrogate, …)
+    of a network's output layer, as the model holds them; None for a non-spiking network."""
+    lifs = model.lif_layers()
+    return lifs[-1].params if lifs else None
 
 
 def plot_run(
@@ -220,8 +231,8 @@ def plot_run(
     """
     from stbp.data.splits import load_splits
     from stbp.loss import predict
+    from stbp.runs import evaluate, load_run
     from stbp.stats import FiringMonitor, trace
-    from stbp.train import _EVAL_SEED, _gen, evaluate, load_run
 
     run_dir = Path(run_dir)
     if limit_eval is not None and limit_eval < 1:
@@ -236,7 +247,8 @@ def plot_run(
     out = Path(out) if out is not None else run_dir / "plots"
     if out.exists() and not out.is_dir():
         raise StbpError(f"--out {out}: exists and is not a directory")
-    steps, enc, neuron = cfg["encoding"]["steps"], cfg["encoding"]["kind"], cfg["neuron"]
+    steps, enc = cfg["encoding"]["steps"], cfg["encoding"]["kind"]
+    neuron = output_neuron(model)  # the settings the network runs with, not the config's
     name = run_dir.name
     paths: dict[str, str] = {}
     if history:
@@ -259,9 +271,11 @@ def plot_run(
         a2.grid(alpha=0.3)
         fig.suptitle(name)
         paths["curves"] = str(_save(fig, out / "curves.png"))
-    paths["surrogate"] = str(surrogate_shapes(
-        [(f"{neuron['surrogate']}, a = {neuron['width']:g}", neuron["surrogate"], neuron["width"])],
-        out / "surrogate.png", title=f"{name}: the approximated derivative it was trained with"))
+    if neuron is not None:  # a non-spiking network has no surrogate
+        h = neuron.surrogate
+        paths["surrogate"] = str(surrogate_shapes(
+            [(f"{h.name}, a = {getattr(h, 'width', 1.0):g}", h, getattr(h, "width", 1.0))],
+            out / "surrogate.png", title=f"{name}: the approximated derivative it was trained with"))
     subset = test.subset(limit_eval)
     with FiringMonitor(model) as monitor:
         acc = evaluate(model, subset, steps, seed=cfg["train"]["seed"] + 1, encoding_kind=enc,
@@ -272,11 +286,12 @@ def plot_run(
                                      title=f"{name}: mean firing rate per layer on "
                                      f"{firing['samples']} test samples"))
     idx = torch.tensor([sample])
-    x = test.inputs(idx, steps=steps, kind=enc, generator=_gen(_EVAL_SEED, sample))
+    x = test.inputs(idx, steps=steps, kind=enc, generator=seeds.generator(seeds.EVAL_SEED, sample))
     traced = trace(model, x)
     lab = int(test.labels[sample])
     pred = int(predict(traced["layers"][-1]["spikes"])[0])
     paths["raster"] = str(raster(
-        traced, out / "raster.png", threshold=neuron["threshold"], label=lab,
+        traced, out / "raster.png", threshold=None if neuron is None else neuron.threshold,
+        label=lab,
         title=f"{name}: test sample {sample} (label {lab}, predicted {pred})"))
     return {"figures": paths, "test_acc": acc, "firing": firing}

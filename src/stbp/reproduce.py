@@ -38,6 +38,7 @@ import torch
 
 from stbp.config import load_config
 from stbp.errors import StbpError
+from stbp.io import atomic_write
 
 __all__ = ["GROUPS", "Budget", "FULL", "QUICK", "plan", "reproduce", "write_report"]
 
@@ -311,8 +312,8 @@ def _finished(out: Path, slug: str, seeds: list[int]) -> list[tuple[int, dict, l
 def _firing(out: Path, slug: str, seed: int, limit: int | None, test_split) -> dict[str, Any] | None:
     """Firing statistics of one run's best model on the first ``limit`` test images (cached);
     ``test_split()`` gives the MNIST test split (the same images for every setting)."""
+    from stbp.runs import evaluate, load_run
     from stbp.stats import FiringMonitor
-    from stbp.train import _atomic_write, evaluate, load_run
 
     run_dir = out / "runs" / slug / f"seed{seed}"
     cache = run_dir / "firing.json"
@@ -325,7 +326,7 @@ def _firing(out: Path, slug: str, seed: int, limit: int | None, test_split) -> d
         evaluate(model, test_split().subset(limit), cfg["encoding"]["steps"], seed=seed + 1,
                  encoding_kind=cfg["encoding"]["kind"], precision=cfg["train"]["precision"])
     firing = mon.summary()
-    _atomic_write(cache, json.dumps(firing, indent=2) + "\n")
+    atomic_write(cache, json.dumps(firing, indent=2) + "\n")
     return firing
 
 
@@ -333,8 +334,9 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     """Write ``OUT/report.md`` and ``OUT/figures/*.png`` from the finished runs in ``out``."""
     from stbp import plots
     from stbp.data.splits import load_splits
+    from stbp.runs import load_run
+    from stbp.seeds import EVAL_SEED, generator
     from stbp.stats import trace
-    from stbp.train import _EVAL_SEED, _atomic_write, _gen, load_run
 
     out = Path(out)
     path = out / MANIFEST
@@ -463,9 +465,12 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
     if (base / "best.pt").is_file():
         model, cfg, _, _ = load_run(base)
         test = test_split()
-        x = test.inputs(torch.tensor([0]), steps=cfg["encoding"]["steps"], generator=_gen(_EVAL_SEED, 0))
+        x = test.inputs(torch.tensor([0]), steps=cfg["encoding"]["steps"],
+                        generator=generator(EVAL_SEED, 0))
         label0 = int(test.labels[0])
-        plots.raster(trace(model, x), figs / "raster.png", threshold=cfg["neuron"]["threshold"],
+        neuron = plots.output_neuron(model)
+        plots.raster(trace(model, x), figs / "raster.png",
+                     threshold=None if neuron is None else neuron.threshold,
                      label=label0, title=f"base, seed {seed0}: test digit 0 (label {label0})")
         lines += ["## One test digit through the network", "",
                   "Input spikes, the hidden and output layers' spikes (neurons that fired at least "
@@ -473,7 +478,7 @@ def write_report(out: str | os.PathLike, *, data_dir: str | os.PathLike | None =
                   f"(base setting, seed {seed0}, best-validation model).", "",
                   "![spike raster and membrane trace](figures/raster.png)", ""]
     report = out / "report.md"
-    _atomic_write(report, "\n".join(lines))
+    atomic_write(report, "\n".join(lines))
     return report
 
 

@@ -28,18 +28,13 @@ import numbers
 
 import numpy as np
 
+from stbp.checks import require_positive_int
 from stbp.errors import StbpError
 
 __all__ = ["EVENT_DTYPE", "FIRST_SACCADE_US", "first_saccade", "to_frames"]
 
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", bool)])
 FIRST_SACCADE_US = 100_000
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise StbpError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _fields(events) -> np.ndarray:
@@ -77,9 +72,9 @@ def to_frames(
     ``0 <= y < H``, ``0 <= p < P``) and timestamps must not decrease. No events give all-zero
     frames.
     """
-    steps = _positive_int(steps, "steps")
+    steps = require_positive_int(steps, "steps")
     if time_window is not None:
-        time_window = _positive_int(time_window, "time_window")
+        time_window = require_positive_int(time_window, "time_window")
     if (
         not isinstance(sensor_size, (tuple, list))
         or len(sensor_size) != 3

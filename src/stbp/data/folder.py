@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from stbp import checks
+from stbp.data.registry import AUGMENT_KEYS, DatasetInfo, DatasetSpec, Key, LoadOptions, register
+from stbp.data.splits import ImageSplit
 from stbp.errors import StbpError
 
 __all__ = ["IMAGE_SUFFIXES", "COLORS", "read_image", "list_classes", "folder_layout", "load_folder"]
@@ -206,3 +211,62 @@ def load_folder(
                         f"{', '.join(classes[i] for i in missing)}; add images or lower [data] "
                         "test/validation")
     return {k: out[k] for k in SPLIT_FOLDERS}, classes
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def _info(data: Mapping[str, Any]) -> DatasetInfo:
+    classes = data.get("classes")
+    size = data["size"]
+    return DatasetInfo(input=(COLORS[data["color"]][1], size, size),
+                       classes=len(classes) if classes else None)
+
+
+def _check(data: Mapping[str, Any]) -> None:
+    if not data.get("path"):
+        raise StbpError("dataset = 'folder' needs [data] path = \"FOLDER\" (one subfolder of "
+                        "PNG/JPEG images per class), or use --dataset folder:FOLDER")
+
+
+def _locate(data: Mapping[str, Any], data_dir: str | os.PathLike | None) -> Path:
+    folder = Path(data_dir if data_dir is not None else data["path"])
+    folder_layout(folder)
+    return folder
+
+
+def _resolve(data: dict[str, Any], data_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """The path made absolute (``data_dir``, if given, replaces it), the class names read."""
+    path = Path(data_dir if data_dir is not None else data["path"]).resolve()
+    return {**data, "path": str(path), "classes": list_classes(path, data.get("classes"))}
+
+
+def _load(data: Mapping[str, Any], folder: Path, options: LoadOptions) -> dict[str, ImageSplit]:
+    del options
+    raw, _ = load_folder(folder, size=data["size"], color=data["color"],
+                         classes=data.get("classes"), validation=data["validation"],
+                         test=data["test"], split_seed=data["split_seed"])
+    return {k: ImageSplit(x, y) for k, (x, y) in raw.items()}
+
+
+register(DatasetSpec(
+    name="folder",
+    summary="your own images, one subfolder of PNG/JPEG files per class",
+    keys={
+        "validation": Key(checks.count_or_fraction, 0.1),
+        "path": Key(checks.string),
+        "size": Key(checks.positive_int, 28),
+        "color": Key(checks.one_of(*COLORS), "gray"),
+        "test": Key(checks.count_or_fraction, 0.2),
+        "split_seed": Key(checks.nonneg_int, 0),
+        "classes": Key(checks.string_list),
+        **AUGMENT_KEYS,
+    },
+    info=_info,
+    locate=_locate,
+    load=_load,
+    argument="path",
+    argument_help="a folder with one subfolder of PNG/JPEG images per class",
+    resolve=_resolve,
+    check=_check,
+))

@@ -28,14 +28,19 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from stbp import checks
 from stbp.data.idx import load_bytes, parse_idx, write_idx
+from stbp.data.registry import AUGMENT_KEYS, DatasetInfo, DatasetSpec, Key, LoadOptions, register
+from stbp.data.splits import ImageSplit, validation_count
 from stbp.errors import StbpError
 
 __all__ = ["MNIST_FILES", "MNIST", "MNISTSplit", "load_mnist", "locate_mnist", "cache_root"]
@@ -288,3 +293,26 @@ class MNIST(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.split.images[i].unsqueeze(0).float() / 255.0, int(self.split.labels[i])
+
+
+# --------------------------------------------------------------------------- the dataset
+
+#: training images of MNIST (the validation split is the last ``validation`` of them)
+TRAIN_SIZE = 60000
+
+
+def _load(data: Mapping[str, Any], folder: Path, options: LoadOptions) -> dict[str, ImageSplit]:
+    del options
+    n_val = validation_count(data["validation"], TRAIN_SIZE, str(folder))
+    raw = load_mnist(folder, validation=n_val)
+    return {k: ImageSplit(v.images, v.labels) for k, v in raw.items()}
+
+
+register(DatasetSpec(
+    name="mnist",
+    summary="the MNIST digits (IDX files; found in $STBP_DATA/mnist, the cache, or downloaded)",
+    keys={"validation": Key(checks.count_or_fraction, VALIDATION_SIZE), **AUGMENT_KEYS},
+    info=lambda data: DatasetInfo(input=(1, 28, 28), classes=10, train_size=TRAIN_SIZE),
+    locate=lambda data, data_dir: locate_mnist(data_dir),
+    load=_load,
+))

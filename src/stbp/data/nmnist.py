@@ -48,16 +48,23 @@ import os
 import sys
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stbp.data.events import EVENT_DTYPE, FIRST_SACCADE_US, _positive_int, to_frames
+from stbp import checks
+from stbp.checks import require_positive_int
+from stbp.data.events import FIRST_SACCADE_US, to_frames
+from stbp.data.framecache import read_frame_cache, write_frame_cache
 from stbp.data.mnist import cache_root
+from stbp.data.nmnist_format import parse_nmnist, read_nmnist
+from stbp.data.registry import DatasetInfo, DatasetSpec, Key, LoadOptions, register
+from stbp.data.splits import FrameSplit, validation_count
 from stbp.errors import StbpError
 
 __all__ = [
@@ -76,8 +83,6 @@ SENSOR_SIZE = (34, 34, 2)
 CLASSES = 10
 SPLITS = {"train": "Train", "test": "Test"}
 ARCHIVE_MD5 = {"train": "20959b8e626244a1b502305a9e6e2031", "test": "69ca8762b2fe404d9b9bad1103e97832"}
-OVERFLOW_Y = 240
-OVERFLOW_US = 1 << 13
 CACHE_VERSION = 1
 _LAYOUT = (
     "a folder holding both splits, each either extracted (Train/<digit>/<name>.bin and "
@@ -85,76 +90,6 @@ _LAYOUT = (
     "test.zip as the Mendeley release names them)"
 )
 _DIGITS = frozenset("0123456789")
-
-
-# --------------------------------------------------------------------------- format
-
-
-def parse_nmnist(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Decode one N-MNIST recording into events (:data:`EVENT_DTYPE`); see the module docstring.
-
-    Raises :class:`StbpError` naming ``source`` for empty data, a length that is not a multiple
-    of 5, coordinates outside 0..33 (other than the overflow marker) or decreasing timestamps.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise StbpError(f"{source}: expected bytes, got {type(data).__name__}")
-    n = len(data)
-    if n == 0:
-        raise StbpError(f"{source}: no events (empty recording)")
-    if n % 5:
-        raise StbpError(
-            f"{source}: {n} bytes is not a multiple of 5 (N-MNIST stores 5 bytes per event); "
-            "the file is truncated or not an N-MNIST recording"
-        )
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 5)
-    x, y = raw[:, 0], raw[:, 1]
-    t = (
-        ((raw[:, 2] & 0x7F).astype(np.int64) << 16)
-        | (raw[:, 3].astype(np.int64) << 8)
-        | raw[:, 4].astype(np.int64)
-    )
-    p = raw[:, 2] >= 0x80
-    marker = y == OVERFLOW_Y
-    index = None  # event index in the file of each kept event (None: all kept)
-    if marker.any():
-        t += OVERFLOW_US * np.cumsum(marker, dtype=np.int64)
-        index = np.flatnonzero(~marker)
-        if index.size == 0:
-            raise StbpError(f"{source}: no events (only {n // 5} timestamp-overflow markers)")
-        x, y, t, p = x[index], y[index], t[index], p[index]
-    bad = np.flatnonzero((x > 33) | (y > 33))
-    if bad.size:
-        i = int(bad[0])
-        where = i if index is None else int(index[i])
-        raise StbpError(
-            f"{source}: event {where} is at x={int(x[i])}, y={int(y[i])}, outside the 34x34 "
-            f"N-MNIST sensor (x and y must be 0..33; y = {OVERFLOW_Y} marks a timestamp overflow); "
-            f"{bad.size} such event(s): the file is corrupt or not an N-MNIST recording"
-        )
-    back = np.flatnonzero(t[1:] < t[:-1])
-    if back.size:
-        i = int(back[0]) + 1
-        where = i if index is None else int(index[i])
-        raise StbpError(
-            f"{source}: timestamps go backwards at event {where} ({int(t[i - 1])} -> {int(t[i])} µs): "
-            "the file is corrupt or not an N-MNIST recording"
-        )
-    events = np.empty(len(t), dtype=EVENT_DTYPE)
-    events["x"] = x
-    events["y"] = y
-    events["t"] = t
-    events["p"] = p
-    return events
-
-
-def read_nmnist(path: str | os.PathLike) -> np.ndarray:
-    """Read and decode one N-MNIST ``.bin`` recording (:func:`parse_nmnist`)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise StbpError(f"{path}: cannot read ({err.strerror or err})") from None
-    return parse_nmnist(data, str(path))
 
 
 # --------------------------------------------------------------------------- layout
@@ -397,43 +332,6 @@ def _unpack(stored: np.ndarray, n: int, steps: int, binary: bool) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(frames).reshape(n, steps, p, h, w))
 
 
-def _load_cache(path: Path, key: str, labels: np.ndarray, row: int) -> np.ndarray | None:
-    """The stored frames if ``path`` is an intact cache for ``key``; None otherwise."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            stored = z["frames"]
-            cached_labels = z["labels"]
-    except Exception:  # any failure to load means a corrupt or foreign file: rebuild it
-        return None
-    ok = (
-        isinstance(meta, dict)
-        and meta.get("version") == CACHE_VERSION
-        and meta.get("key") == key
-        and stored.dtype == np.uint8
-        and stored.shape == (len(labels), row)
-        and np.array_equal(cached_labels, labels)
-        and meta.get("crc32") == zlib.crc32(stored)
-    )
-    return stored if ok else None
-
-
-def _write_cache(path: Path, key: str, stored: np.ndarray, labels: np.ndarray) -> None:
-    meta = {"version": CACHE_VERSION, "key": key, "crc32": zlib.crc32(stored)}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, frames=stored, labels=labels,
-                     meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        os.replace(tmp, path)
-    except OSError as err:
-        print(f"stbp: could not write the N-MNIST frame cache {path} ({err}); continuing without it",
-              file=sys.stderr)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_frames(
     root: str | os.PathLike,
     split: str,
@@ -463,9 +361,9 @@ def load_frames(
     split = _check_split(split)
     if packed and not binary:
         raise StbpError("load_frames: packed=True needs binary frames (counts are not bits)")
-    steps = _positive_int(steps, "steps")
+    steps = require_positive_int(steps, "steps")
     if time_window is not None:
-        time_window = _positive_int(time_window, "time_window")
+        time_window = require_positive_int(time_window, "time_window")
     binary, first_saccade = bool(binary), bool(first_saccade)
     scan = _scan(root, split)
     n = len(scan.records)
@@ -479,7 +377,7 @@ def load_frames(
     path = cache_root() / "nmnist" / f"{split}-{steps}x-{mode}-{key[:24]}.npz"
 
     if path.is_file():
-        stored = _load_cache(path, key, labels, row)
+        stored = read_frame_cache(path, key, labels, row, CACHE_VERSION)
         if stored is not None:
             frames = torch.from_numpy(stored) if packed else _unpack(stored, n, steps, binary)
             return frames, torch.from_numpy(labels)
@@ -505,7 +403,7 @@ def load_frames(
             stored[i] = np.packbits(frames) if binary else frames
     finally:
         reader.close()
-    _write_cache(path, key, stored, labels)
+    write_frame_cache(path, key, stored, labels, CACHE_VERSION)
     frames = torch.from_numpy(stored) if packed else _unpack(stored, n, steps, binary)
     return frames, torch.from_numpy(labels)
 
@@ -562,3 +460,54 @@ class NMNIST(Dataset):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return events, target
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def _by_index(root: Path, split: str) -> torch.Tensor:
+    """Positions of ``split``'s recordings sorted by their sample index (the file name's number,
+    which is the MNIST index of the digit), so that 'the last N' is not 'the last classes'."""
+    names = [Path(name).stem for name, _ in list_recordings(root, split)]
+    keys = [(int(s), s) if s.isdigit() else (float("inf"), s) for s in names]
+    return torch.tensor(sorted(range(len(keys)), key=keys.__getitem__), dtype=torch.long)
+
+
+def _load(data: Mapping[str, Any], folder: Path, options: LoadOptions) -> dict[str, FrameSplit]:
+    """Train / val / test frames; the validation split is the training recordings with the
+    highest sample indices. Binary frames stay bit-packed in memory."""
+    steps, binary = options.steps, data["frames"] == "binary"
+    w, h, p = SENSOR_SIZE
+    shape = (steps, p, h, w) if binary else None
+    opts = dict(steps=steps, binary=binary, packed=binary, time_window=data["time_window"] or None,
+                first_saccade=data["first_saccade"], verify=data["verify"], progress=options.progress)
+    out: dict[str, FrameSplit] = {}
+    for split in ("train", "test"):
+        frames, labels = load_frames(folder, split, **opts)
+        order = _by_index(folder, split)
+        if len(order) != len(labels):
+            raise StbpError(f"{folder}: the {split} recordings changed while being read")
+        out[split] = FrameSplit(frames, labels, shape).take(order)
+    train = out.pop("train")
+    n_val = validation_count(data["validation"], len(train), f"{folder} (Train)")
+    cut = len(train) - n_val
+    return {"train": train.take(torch.arange(cut)), "val": train.take(torch.arange(cut, len(train))),
+            "test": out["test"]}
+
+
+register(DatasetSpec(
+    name="nmnist",
+    summary="N-MNIST event recordings (Train/ and Test/ or their zips; $STBP_DATA/nmnist)",
+    keys={
+        "validation": Key(checks.count_or_fraction, 5000),
+        "frames": Key(checks.one_of("binary", "count"), "binary"),
+        "time_window": Key(checks.nonneg_int, 0),
+        "first_saccade": Key(checks.boolean, False),
+        "verify": Key(checks.boolean, True),
+    },
+    info=lambda data: DatasetInfo(input=(SENSOR_SIZE[2], SENSOR_SIZE[1], SENSOR_SIZE[0]),
+                                  classes=CLASSES),
+    locate=lambda data, data_dir: locate_nmnist(data_dir),
+    load=_load,
+    encodings=("events",),
+))

@@ -9,7 +9,8 @@ Two kinds of split share one interface (``len``, ``labels``, ``subset``, ``input
 
 :func:`load_splits` builds the three splits a config's ``[data]`` table describes. The validation
 split is the *last* ``validation`` training samples (MNIST: images 55,001–60,000; N-MNIST: the
-recordings with the highest sample indices), never trained on.
+recordings with the highest sample indices), never trained on. Which dataset is read, from
+where and how it is split is the dataset's own declaration (:mod:`stbp.data.registry`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,24 @@ from torch import Tensor
 
 from stbp import encoding
 from stbp.augment import random_affine, random_shift
-from stbp.data.mnist import MNISTSplit
+from stbp.data import registry
 from stbp.errors import StbpError
 
-__all__ = ["ImageSplit", "FrameSplit", "Split", "load_splits", "locate", "validation_count",
-           "resolve_dataset"]
+__all__ = ["ImageSplit", "FrameSplit", "Split", "load_splits", "locate", "validation_count"]
 
 
 @dataclass
-class ImageSplit(MNISTSplit):
+class ImageSplit:
     """Images ``uint8 [N, H, W]`` (or ``[N, C, H, W]``) with labels; encoded per batch."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> ImageSplit:
+        return self if n is None else ImageSplit(self.images[:n], self.labels[:n])
 
     def inputs(
         self,
@@ -140,90 +149,20 @@ def validation_count(validation: int | float, n_train: int, source: str) -> int:
     return count
 
 
-def resolve_dataset(cfg: dict[str, Any], data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A folder dataset's config with its path made absolute (``data_dir``, if given, replaces
-    it) and its class names filled in from the folder (a validated copy); other configs as they
-    are. A run saves the resolved config, so its network's shape is known without the data."""
-    data = cfg["data"]
-    if data["dataset"] != "folder":
-        return cfg
-    from stbp.config import validate
-    from stbp.data.folder import list_classes
-
-    path = Path(data_dir if data_dir is not None else data["path"]).resolve()
-    classes = list_classes(path, data.get("classes"))
-    out = {**cfg, "data": {**data, "path": str(path), "classes": classes}}
-    return validate(out, f"[data] path = {str(path)!r} with classes {classes}")
-
-
 def locate(cfg: dict[str, Any], data_dir: str | os.PathLike | None = None) -> Path:
     """The folder the configured dataset is read from (checked; nothing is loaded yet)."""
-    dataset = cfg["data"]["dataset"]
-    if dataset == "folder":
-        from stbp.data.folder import folder_layout
-
-        folder = Path(data_dir if data_dir is not None else cfg["data"]["path"])
-        folder_layout(folder)
-        return folder
-    if dataset == "mnist":
-        from stbp.data.mnist import locate_mnist
-
-        return locate_mnist(data_dir)
-    from stbp.data.nmnist import locate_nmnist
-
-    return locate_nmnist(data_dir)
-
-
-def _by_index(root: Path, split: str) -> Tensor:
-    """Positions of ``split``'s recordings sorted by their sample index (the file name's number,
-    which is the MNIST index of the digit), so that 'the last N' is not 'the last classes'."""
-    from stbp.data.nmnist import list_recordings
-
-    names = [Path(name).stem for name, _ in list_recordings(root, split)]
-    keys = [(int(s), s) if s.isdigit() else (float("inf"), s) for s in names]
-    return torch.tensor(sorted(range(len(keys)), key=keys.__getitem__), dtype=torch.long)
+    data = cfg["data"]
+    return registry.get(data["dataset"]).locate(data, data_dir)
 
 
 def load_splits(
     cfg: dict[str, Any], data_dir: str | os.PathLike | None = None, *, progress: bool = False
 ) -> tuple[dict[str, Split], Path]:
-    """``{"train", "val", "test"}`` splits for a validated config, and the folder they came from."""
+    """``{"train", "val", "test"}`` splits for a validated config, and the folder they came from
+    (the dataset's :class:`~stbp.data.registry.DatasetSpec` locates and loads them)."""
     data = cfg["data"]
-    folder = locate(cfg, data_dir)
-    if data["dataset"] == "folder":
-        from stbp.data.folder import load_folder
-
-        raw, _ = load_folder(folder, size=data["size"], color=data["color"],
-                             classes=data.get("classes"), validation=data["validation"],
-                             test=data["test"], split_seed=data["split_seed"])
-        return {k: ImageSplit(x, y) for k, (x, y) in raw.items()}, folder
-    if data["dataset"] == "mnist":
-        from stbp.config import DATASETS
-        from stbp.data.mnist import load_mnist
-
-        n_val = validation_count(data["validation"], DATASETS["mnist"]["train_images"], str(folder))
-        raw = load_mnist(folder, validation=n_val)
-        return {k: ImageSplit(v.images, v.labels) for k, v in raw.items()}, folder
-
-    from stbp.data.nmnist import SENSOR_SIZE, load_frames
-
-    steps = cfg["encoding"]["steps"]
-    binary = data["frames"] == "binary"
-    w, h, p = SENSOR_SIZE
-    shape = (steps, p, h, w) if binary else None  # binary frames stay bit-packed in memory
-    opts = dict(steps=steps, binary=binary, packed=binary,
-                time_window=data["time_window"] or None, first_saccade=data["first_saccade"],
-                verify=data["verify"], progress=progress)
-    out: dict[str, Split] = {}
-    for split in ("train", "test"):
-        frames, labels = load_frames(folder, split, **opts)
-        order = _by_index(folder, split)
-        if len(order) != len(labels):
-            raise StbpError(f"{folder}: the {split} recordings changed while being read")
-        out[split] = FrameSplit(frames, labels, shape).take(order)
-    train = out.pop("train")
-    n_val = validation_count(data["validation"], len(train), f"{folder} (Train)")
-    cut = len(train) - n_val
-    out["train"] = train.take(torch.arange(cut))
-    out["val"] = train.take(torch.arange(cut, len(train)))
-    return {k: out[k] for k in ("train", "val", "test")}, folder
+    spec = registry.get(data["dataset"])
+    folder = spec.locate(data, data_dir)
+    splits = spec.load(data, folder, registry.LoadOptions(steps=cfg["encoding"]["steps"],
+                                                          progress=progress))
+    return {k: splits[k] for k in ("train", "val", "test")}, folder
