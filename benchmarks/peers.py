@@ -18,6 +18,8 @@ not installed is reported as such and skipped.
     python benchmarks/peers.py --cnn               # also the CNN
     python benchmarks/peers.py --device cuda       # on a GPU: stbp's torch.compile path ("stbp"),
                                                    # its eager path and the peers, GPU memory
+    python benchmarks/peers.py --baseline ../old/src   # also stbp from another checkout's src
+                                                   # ("stbp@baseline"), side by side: regressions
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 MLP_CASES = ["floor", "stbp", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly", "norse"]
 CNN_CASES = ["stbp", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly"]
 PEERS = ("snntorch", "spikingjelly", "norse")
+BASELINE = "stbp@baseline"  # stbp imported from --baseline's source folder
 DECAY, THRESHOLD = 0.1, 0.5  # the paper's MNIST neuron (decay τ = 0.1, V_th = 0.5)
 
 
@@ -271,14 +274,17 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
 # ----------------------------------------------------------------------------- driver
 def _available(case: str) -> bool:
     if case not in PEERS:
-        return True
+        return True  # stbp's own cases (and stbp@baseline)
     import importlib.util
 
     return importlib.util.find_spec(case) is not None
 
 
 def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", case, "--kind", kind, "--steps-t", str(steps_t),
+    if case == BASELINE:  # the stbp case, with stbp imported from the baseline's source
+        env = {**env, "PYTHONPATH": os.path.abspath(args.baseline)}
+    cmd = [sys.executable, __file__, "--worker", "stbp" if case == BASELINE else case, "--kind",
+           kind, "--steps-t", str(steps_t),
            "--batch", str(args.batch), "--iters", str(iters), "--warmup", str(warmup),
            "--threads", str(args.threads), "--device", args.device]
     if args.data_dir:
@@ -289,7 +295,7 @@ def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> di
     if res.returncode != 0:
         print(f"  {case}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
         return None
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return {**json.loads(res.stdout.strip().splitlines()[-1]), "case": case}
 
 
 def _run_case(case, kind, steps_t, args, memory: bool = True) -> dict | None:
@@ -316,16 +322,22 @@ def _table(rows: list[dict]) -> str:
     peers = [r for r in rows if r["case"] in PEERS]
     fastest = min(peers, key=lambda r: r["ms"]) if peers else None
     least_mem = min(peers, key=lambda r: r["peak_mb"]) if peers else None
+    base = next((r for r in rows if r["case"] == BASELINE), None)
     head = ("| case | ms/step | samples/s | peak MB | × floor | speed-up vs fastest peer "
-            "| memory vs leanest peer |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+            "| memory vs leanest peer |" + (" speed-up vs baseline | memory vs baseline |"
+                                            if base else ""))
+    lines = [head, "|---|---|---|---|---|---|---|" + ("---|---|" if base else "")]
     for r in rows:
         x_floor = f"{r['ms'] / floor:.2f}" if floor else "—"
         speed = f"{fastest['ms'] / r['ms']:.2f}× ({fastest['case']})" if fastest else "—"
         mem = (f"{r['peak_mb'] / least_mem['peak_mb']:.2f}× ({least_mem['case']})"
                if least_mem and least_mem["peak_mb"] > 0 else "—")
-        lines.append(f"| {r['case']} | {r['ms']:.1f} | {r['samples_s']:.0f} | {r['peak_mb']:.0f} "
-                     f"| {x_floor} | {speed} | {mem} |")
+        line = (f"| {r['case']} | {r['ms']:.1f} | {r['samples_s']:.0f} | {r['peak_mb']:.0f} "
+                f"| {x_floor} | {speed} | {mem} |")
+        if base:
+            line += (f" {base['ms'] / r['ms']:.2f}× | {r['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}× |"
+                     if r["case"].startswith("stbp") else " — | — |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -381,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--malloc", choices=("default", "heap"), default="default",
                     help="glibc settings of every case's timed process: default, or heap (large "
                     "blocks kept in the heap, as stbp train runs: stbp.malloc)")
+    ap.add_argument("--baseline", metavar="SRC",
+                    help="also run the stbp case with stbp imported from this source folder (e.g. "
+                    "an older checkout's src/), side by side, as the case stbp@baseline")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="mlp", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -405,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             ap.error(f"--device {args.device}: torch finds no CUDA GPU")
         print(f"device: {torch.cuda.get_device_name()}; peak MB = GPU memory a step allocates")
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "stbp", "__init__.py")):
+        ap.error(f"--baseline {args.baseline}: not a source folder holding the stbp package")
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
@@ -418,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, cases in plans:
         for steps_t in args.steps_t if kind == "mlp" else args.steps_t[:1]:
             chosen = [c for c in cases if not wanted or c in wanted]
+            if args.baseline and "stbp" in chosen:
+                chosen.insert(chosen.index("stbp") + 1, BASELINE)
             for case in [c for c in chosen if not _available(c)]:
                 print(f"  {case}: not installed (pip install -e '.[bench]'); skipped")
             chosen = [c for c in chosen if _available(c)]

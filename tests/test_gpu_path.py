@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from stbp.errors import StbpError
-from stbp.functional import lif, lif_compiled
+from stbp.functional import lif
+from stbp.kernels import lif_compiled
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
                           reason="no CUDA GPU here: the GPU path is tested where one is present")
@@ -49,7 +50,7 @@ def test_compiled_backend_matches_eager_on_cpu(surrogate, reset, temporal):
 def test_compile_falls_back_with_a_warning():
     x = _current((4, 5))
     user = lambda v: torch.exp(-v * v)  # noqa: E731 - a surrogate torch.compile is not given
-    with pytest.warns(RuntimeWarning, match="backend 'compile' falls back to the eager path"):
+    with pytest.warns(RuntimeWarning, match="backend .compile. falls back to the .torch. backend"):
         s = lif(x, decay=0.5, threshold=0.3, surrogate=user, backend="compile")
     assert torch.equal(s, lif(x, decay=0.5, threshold=0.3, surrogate=user, backend="torch"))
 

@@ -14,16 +14,9 @@ SRC = Path(stbp.__file__).parent
 #: the application: trainer, evaluation, reproduce, detect, plots, export glue, CLI, config
 APP = {"stbp.cli", "stbp.config", "stbp.train", "stbp.runs", "stbp.reproduce", "stbp.detect",
        "stbp.plots", "stbp.export", "stbp.distributed", "stbp.malloc"}
-#: engine modules being rewritten elsewhere (the numba runtime imported privately); remove an
-#: entry once its import is gone — nothing else may import a private name across modules
-ENGINE_PENDING = {("stbp.encoding", "stbp.functional.lif_numba", "_threads"),
-                  ("stbp.functional.pool", "stbp.functional.lif_numba", "_threads"),
-                  ("stbp.functional.events", "stbp.functional.lif_numba", "_threads")}
 #: long functions still to split (issue 16, item 5: what remains)
 LONG_PENDING = {("stbp.export", "from_nir"), ("stbp.reproduce", "reproduce"),
                 ("stbp.reproduce", "write_report")}
-#: modules another session owns and splits (functional/events.py is over 800 lines today)
-ENGINE_OWNED = ("stbp.functional",)
 
 
 def _modules() -> dict[str, Path]:
@@ -73,8 +66,7 @@ def test_data_never_imports_config_trainer_cli_or_plots():
 
 def test_no_private_names_across_modules():
     bad = [(m, t, n) for m in MODULES for t, names in _imports(m) for n in names
-           if n.startswith("_") and not n.startswith("__") and t != m
-           and (m, t, n) not in ENGINE_PENDING]
+           if n.startswith("_") and not n.startswith("__") and t != m]
     assert not bad, f"import a public name instead: {bad}"
 
 
@@ -108,17 +100,16 @@ def test_no_import_cycles():
 
     assert _cycle(strip(_graph(top_level_only=True))) is None
     app_and_data = {m: ts for m, ts in strip(_graph(top_level_only=False)).items()
-                    if not m.startswith(ENGINE_OWNED)}
+}
     graph = {m: {t for t in ts if t in app_and_data} for m, ts in app_and_data.items()}
     assert _cycle(graph) is None, "lazy imports count too outside the engine"
 
 
 def test_module_and_function_sizes():
-    long_modules = {m: n for m, p in MODULES.items() if not m.startswith(ENGINE_OWNED)
-                    and (n := len(p.read_text().splitlines())) > 520}
+    long_modules = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 520}
     assert not long_modules, long_modules
     long_functions = []  # argparse's _parser (a list of flags) aside
-    for m in APP | {m for m in MODULES if m.startswith("stbp.data")}:
+    for m in MODULES:
         for node in ast.walk(ast.parse(MODULES[m].read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1

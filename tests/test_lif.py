@@ -99,7 +99,7 @@ def test_hand_computed_gradient_two_steps():
 @pytest.mark.parametrize("surrogate", ["sigmoid", "gaussian", "atan"])
 def test_finite_difference_smooth(reset, surrogate):
     """With the firing step replaced by the surrogate's primitive, E6–E7 is the exact gradient."""
-    p = LIFParams.make(decay=0.4, threshold=0.3, surrogate=surrogate, width=0.7, reset=reset)
+    p = LIFParams(decay=0.4, threshold=0.3, surrogate=surrogate, width=0.7, reset=reset)
     x = _current((6, 3, 2), seed=3)
 
     def f(inp):
@@ -142,9 +142,9 @@ def test_sigmoid_object_width():
     ("rectangular", "zero", True), ("gaussian", "paper", True), ("sigmoid", "zero", False)])
 def test_numba_backend_equals_eager_on_many_blocks(surrogate, reset, temporal):
     """Several kernel blocks with a ragged last one, float32: identical spikes and membranes."""
-    from stbp.functional import lif_numba
+    from stbp.kernels import lif_cpu
 
-    n = 2 * lif_numba._BLOCK + 37
+    n = 2 * lif_cpu.BLOCK + 37
     x = _current((30, n), seed=5, dtype=torch.float32)
     kw = dict(decay=0.1, threshold=0.5, surrogate=surrogate, width=1.0, reset=reset,
               temporal=temporal, return_membrane=True)
@@ -170,58 +170,3 @@ def test_backend_choice_and_errors():
         lif(x.detach().half(), decay=0.5, threshold=0.3, backend="numba")
     with pytest.raises(StbpError, match="unknown backend 'cuda'"):
         lif(x, decay=0.5, threshold=0.3, backend="cuda")
-
-
-@pytest.mark.parametrize(
-    "surrogate,reset,temporal",
-    list(itertools.product(sorted(SURROGATES), RESETS, [True, False])),
-)
-def test_factored_spike_gradient_equals_the_dense_one(surrogate, reset, temporal):
-    """The numba backward forming a next layer's ∂L/∂o = ε W itself, a sample row at a time,
-    gives the gradient of the dense ∂L/∂o — alone, added to a dense gradient on the spikes,
-    and with a gradient on the membrane."""
-    from stbp.functional import lif_numba
-
-    p = LIFParams.make(decay=0.3, threshold=0.4, surrogate=surrogate, width=0.8, reset=reset,
-                       temporal=temporal)
-    steps, rows, feats, k = 6, 3, 5, 4
-    x = _current((steps, rows, feats), seed=3)
-    _, membrane, _ = lif_numba.forward(x.detach(), p)
-    g = torch.Generator().manual_seed(9)
-    err = torch.randn(steps * rows, k, generator=g, dtype=torch.float64)
-    w = torch.randn(k, feats, generator=g, dtype=torch.float64)
-    err[1] = 0  # rows without error are skipped
-    dense = (err @ w).reshape(steps, rows, feats)
-    other = torch.randn(steps, rows, feats, generator=g, dtype=torch.float64)
-    for spikes_grad, mem_grad in ((None, None), (other, None), (None, other), (other, other)):
-        ref = lif_numba.backward(membrane, dense if spikes_grad is None else dense + spikes_grad,
-                                 mem_grad, p)
-        ours = lif_numba.backward(membrane, spikes_grad, mem_grad, p,
-                                  factored=("linear", err, w))
-        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="does not fit"):
-        lif_numba.backward(membrane, None, None, p, factored=("linear", err[:-1], w))
-
-
-@pytest.mark.parametrize("k,size", [(2, (6, 6)), (2, (7, 5)), (3, (6, 9))])
-@pytest.mark.parametrize("surrogate", ["rectangular", "polynomial", "sigmoid"])
-def test_pooled_spike_gradient_spread_in_the_kernel(k, size, surrogate):
-    """A k×k average pooling's gradient spread over its windows inside the LIF backward
-    equals the dense one (F.avg_pool2d's backward), odd sizes (cut edges) included."""
-    import torch.nn.functional as F
-
-    from stbp.functional import lif_numba
-
-    p = LIFParams.make(decay=0.2, threshold=0.5, surrogate=surrogate, width=1.0)
-    x = _current((5, 2, 3, *size), seed=4)
-    _, membrane, _ = lif_numba.forward(x.detach(), p)
-    spikes = torch.zeros_like(membrane, requires_grad=True)
-    pooled = F.avg_pool2d(spikes.flatten(0, 1), k).unflatten(0, (5, 2))
-    g = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)
-    (dense,) = torch.autograd.grad(pooled, spikes, g)
-    ref = lif_numba.backward(membrane, dense, None, p)
-    ours = lif_numba.backward(membrane, None, None, p, factored=("pool", g, k))
-    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="does not fit"):
-        lif_numba.backward(membrane, None, None, p, factored=("pool", g[..., :-1, :], k))

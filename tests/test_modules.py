@@ -176,12 +176,12 @@ def test_record_membrane():
         (lambda: models.mlp([784, 10], **NEURON)(torch.rand(3, 2, 700)), "784 input features"),
         (lambda: models.mlp([784], **NEURON), "mlp sizes"),
         (lambda: models.build("rnn"), "unknown model kind"),
-        (lambda: models.mlp([784, 10]), "needs the neuron setting\\(s\\) decay, threshold"),
-        (lambda: models.cnn(decay=0.1, threshold=0.5, tau=2), "unknown setting\\(s\\) tau"),
+        (lambda: models.mlp([784, 10]), "needs the setting\\(s\\) decay, threshold"),
+        (lambda: models.cnn(decay=0.1, threshold=0.5, tau=2), "unknown neuron setting\\(s\\) tau"),
         (lambda: rate_mse(torch.rand(3, 2, 10), torch.tensor([1, 10])), "class indices in \\[0, 10\\)"),
         (lambda: rate_mse(torch.rand(3, 2, 10), torch.tensor([1, 2, 3])), "do not match"),
         (lambda: rate_mse(torch.rand(3, 2, 10), torch.rand(2)), "integer tensor"),
-        (lambda: lif_with(torch.rand(5), LIFParams.make(**NEURON)), "shape \\[T, ...\\]"),
+        (lambda: lif_with(torch.rand(5), LIFParams(**NEURON)), "shape \\[T, ...\\]"),
     ],
 )
 def test_bad_input_messages(call, message):

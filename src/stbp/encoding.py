@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import operator
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
-from stbp.functional.lif_numba import HAVE_NUMBA, _threads, nb
+from stbp.kernels import bernoulli as bernoulli_kernel
+from stbp.kernels.runtime import HAVE_NUMBA
 
 __all__ = ["bernoulli", "direct", "encode", "ENCODINGS"]
 
@@ -25,45 +25,9 @@ def _check_steps(steps: int) -> int:
     return n
 
 
-_CHUNK = 1 << 14  # inputs per task of the spike kernel
-
-if HAVE_NUMBA:
-    _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-    _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-    _MIX2 = np.uint64(0x94D049BB133111EB)
-
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _bernoulli_kernel(p, key, out):  # pragma: no cover - compiled
-        # out[t, i] = 1 if u < p[i], u = the (t·n + i + 1)-th SplitMix64 output of `key` as a
-        # 53-bit uniform in [0, 1): a counter-based draw, the same whatever the thread count
-        steps, n = out.shape
-        chunks = (n + _CHUNK - 1) // _CHUNK
-        for task in nb.prange(steps * chunks):
-            t = task // chunks
-            lo = (task % chunks) * _CHUNK
-            for i in range(lo, min(n, lo + _CHUNK)):
-                q = p[i]
-                if q <= 0:
-                    out[t, i] = 0
-                elif q >= 1:
-                    out[t, i] = 1
-                else:
-                    z = key + np.uint64(t * n + i + 1) * _GOLDEN
-                    z = (z ^ (z >> np.uint64(30))) * _MIX1
-                    z = (z ^ (z >> np.uint64(27))) * _MIX2
-                    z = z ^ (z >> np.uint64(31))
-                    u = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-                    out[t, i] = 1 if u < q else 0
-
-
 def _bernoulli_numba(x: Tensor, steps: int, generator: torch.Generator | None) -> Tensor:
     key = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    p = x.detach().reshape(-1).contiguous()
-    out = torch.empty((steps, p.numel()), dtype=torch.uint8)
-    if p.numel():
-        _threads()
-        _bernoulli_kernel(p.numpy(), np.uint64(key), out.numpy())
-    return out.view(steps, *x.shape)
+    return bernoulli_kernel.spikes(x, steps, key)
 
 
 def bernoulli(

@@ -1,7 +1,14 @@
 """Multi-step spiking layers on ``[T, B, ...]`` tensors.
 
 Each synaptic layer runs one matmul/conv over all T steps at once (E1, no delay between layers),
-then the LIF recurrence (:func:`stbp.functional.lif`) over the time axis.
+then the LIF recurrence (:func:`stbp.functional.lif_with`) over the time axis.
+
+What a layer takes and returns says what it is: a float tensor, a ``uint8``/``bool`` tensor of
+spikes, or :class:`~stbp.functional.Spikes` (spikes held as bytes, with the way back for their
+gradient). A spiking layer returns float spikes, or — ``layer(x, as_spikes=True)``, what
+:class:`stbp.models.SpikingNet` asks of a layer whose next layer reads them — :class:`Spikes`
+where its neuron's backend makes bytes. The layers that read :class:`Spikes` (``reads_spikes``)
+are :class:`Linear`, :class:`Conv2d`, :class:`AvgPool2d` and :class:`Flatten`.
 """
 
 from __future__ import annotations
@@ -10,20 +17,30 @@ import torch
 from torch import Tensor, nn
 
 from stbp.errors import StbpError
-from stbp.functional import spike_bytes, synapse
+from stbp.functional import synapse
 from stbp.functional.lif import LIFParams, lif_with
-from stbp.functional.pool import avg_pool2d, avg_pool2d_spikes
-from stbp.functional.spike_bytes import Codes
-from stbp.functional.surrogate import SurrogateLike
+from stbp.functional.pool import avg_pool2d
+from stbp.functional.spikes import Spikes
 
-__all__ = ["LIF", "Analog", "Linear", "Conv2d", "AvgPool2d", "Flatten", "ACTIVATIONS"]
+__all__ = ["LIF", "Analog", "Linear", "Conv2d", "AvgPool2d", "Flatten", "ACTIVATIONS",
+           "reads_spikes", "makes_spikes"]
 
 #: what follows a layer's synapses: the LIF neuron (a spiking network) or, for the non-spiking
 #: baseline of the same shape (an ANN), a ReLU (hidden layers) or nothing (the output layer)
 ACTIVATIONS = ("lif", "relu", "identity")
 
 
-def _check_steps_batch(x: Tensor | Codes, min_dim: int, layer: str) -> None:
+def reads_spikes(module: nn.Module | None) -> bool:
+    """Whether ``module`` takes :class:`~stbp.functional.Spikes` as its input."""
+    return bool(getattr(module, "reads_spikes", False))
+
+
+def makes_spikes(module: nn.Module | None) -> bool:
+    """Whether ``module`` can return :class:`~stbp.functional.Spikes` (``as_spikes=True``)."""
+    return bool(getattr(module, "makes_spikes", False))
+
+
+def _check_steps_batch(x: Tensor | Spikes, min_dim: int, layer: str) -> None:
     if x.dim() < min_dim:
         raise StbpError(
             f"{layer} expects input of shape [T, B, ...] with at least {min_dim} dimensions, got "
@@ -33,65 +50,52 @@ def _check_steps_batch(x: Tensor | Codes, min_dim: int, layer: str) -> None:
         raise StbpError(f"{layer} got T = 0 time steps; T must be >= 1")
 
 
-def _constant_in_time(x: Tensor | Codes) -> bool:
+def _constant_in_time(x: Tensor | Spikes) -> bool:
     """True for a view repeated along T (stride 0), as :func:`stbp.encoding.direct` makes."""
     return isinstance(x, Tensor) and x.shape[0] > 1 and x.stride(0) == 0
 
 
-def _floats(x: Tensor | Codes) -> Tensor:
-    """Spikes held as bytes alone (:class:`~stbp.functional.spike_bytes.Codes`) as a float
-    tensor, for a layer that needs one; anything else unchanged."""
-    return x.float() if isinstance(x, Codes) else x
+def _floats(x: Tensor | Spikes) -> Tensor:
+    """:class:`Spikes` as a float tensor, for a layer that needs one; a tensor unchanged."""
+    return x.float() if isinstance(x, Spikes) else x
 
 
 class LIF(nn.Module):
     """A layer of iterative LIF neurons (E2–E4) with STBP gradients; no parameters.
 
-    Input: the current ``[T, ...]``; output: spikes of the same shape. After a forward pass with
+    Input: the current ``[T, ...]``; output: spikes of the same shape. ``params``: a
+    :class:`~stbp.functional.LIFParams`, or its settings as keywords. After a forward pass with
     ``record=True`` the membrane potentials are kept in ``self.membrane`` (for plots/analysis).
     """
 
-    def __init__(
-        self,
-        *,
-        decay: float,
-        threshold: float,
-        surrogate: SurrogateLike = "rectangular",
-        width: float = 1.0,
-        reset: str = "zero",
-        temporal: bool = True,
-        backend: str = "auto",
-    ) -> None:
+    makes_spikes = True
+
+    def __init__(self, params: LIFParams | None = None, /, **settings) -> None:
         super().__init__()
-        self.params = LIFParams.make(
-            decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
-            temporal=temporal, backend=backend,
-        )
+        self.params = LIFParams.of(params, **settings)
         self.record = False
         self.membrane: Tensor | None = None
 
-    def forward(self, current: Tensor) -> Tensor:
-        return self.fire(_floats(current))
+    def forward(self, current: Tensor, *, as_spikes: bool = False) -> Tensor | Spikes:
+        return self.fire(current, as_spikes=as_spikes)
 
     def fire(self, current: Tensor, *, overwrite: bool = False,
-             as_codes: bool = False) -> Tensor | Codes:
+             as_spikes: bool = False) -> Tensor | Spikes:
         """Spikes for ``current``; ``overwrite=True`` (for a temporary current, as the synaptic
         layers pass) stores the membrane potentials in the current's memory, and the backward
-        then writes its gradient over them (a graph through the layer is differentiated once,
-        the usual case; ``backend="torch"`` keeps them for a second backward).
-        ``as_codes=True``: the spikes as bytes alone where the fused kernels run
-        (:func:`stbp.functional.lif_with`)."""
+        may then write its gradient over them (a graph through the layer is differentiated
+        once). ``as_spikes=True``: :class:`~stbp.functional.Spikes` where the backend makes
+        bytes (:func:`stbp.functional.lif_with`)."""
         _check_steps_batch(current, 2, "LIF")
         if current.dtype in (torch.bfloat16, torch.float16):
             # mixed precision: half-precision synapses, membrane state kept in float32
             current = current.float()
             overwrite = True  # the float32 copy is ours
         if self.record:
-            spikes, self.membrane = lif_with(current, self.params, return_membrane=True,
-                                             overwrite=overwrite)
+            spikes, self.membrane = lif_with(current, self.params, as_spikes=as_spikes,
+                                             return_membrane=True, overwrite=overwrite)
             return spikes
-        return lif_with(current, self.params, overwrite=overwrite, release=overwrite,
-                        as_codes=as_codes)
+        return lif_with(current, self.params, as_spikes=as_spikes, overwrite=overwrite)
 
     def extra_repr(self) -> str:
         p = self.params
@@ -111,22 +115,23 @@ class Analog(nn.Module):
             raise StbpError(f"Analog activation must be 'relu' or 'identity', got {activation!r}")
         self.activation = activation
 
-    def forward(self, current: Tensor) -> Tensor:
-        return self.fire(_floats(current))
+    def forward(self, current: Tensor, *, as_spikes: bool = False) -> Tensor:
+        return self.fire(current)
 
-    def fire(self, current: Tensor, *, overwrite: bool = False, as_codes: bool = False) -> Tensor:
+    def fire(self, current: Tensor, *, overwrite: bool = False, as_spikes: bool = False) -> Tensor:
         """``relu(current)`` (or ``current``); the same call signature as :meth:`LIF.fire`
-        (always floats)."""
-        del overwrite, as_codes
+        (always a float tensor)."""
+        del overwrite, as_spikes
+        current = _floats(current)
         return torch.relu(current) if self.activation == "relu" else current
 
     def extra_repr(self) -> str:
         return self.activation
 
 
-def _neuron(activation: str, neuron: dict) -> nn.Module:
+def _neuron(activation: str, params: LIFParams | None, settings: dict) -> nn.Module:
     if activation == "lif":
-        return LIF(**neuron)
+        return LIF(params, **settings)
     if activation not in ACTIVATIONS:
         raise StbpError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     return Analog(activation)
@@ -142,24 +147,24 @@ class Linear(nn.Module):
 
     Memory: a spiking input is kept for the backward as one byte per value
     (:mod:`stbp.functional.synapse`), and the membrane potentials take the current's place.
-    Spikes given as bytes (the trainer's Bernoulli input), and a previous layer's spikes from
-    the fused kernels (which carry their bytes, :mod:`stbp.functional.spike_bytes`), run
-    event-driven
+    Spikes held as bytes (a ``uint8`` tensor such as the trainer's Bernoulli input, or
+    :class:`~stbp.functional.Spikes` from a previous layer) run event-driven
     (:mod:`stbp.functional.events`: the weight columns of the inputs that spiked are summed),
     except on the reference path (``backend="torch"``), which keeps the dense matmul.
     ``activation="relu"``/``"identity"`` replaces the LIF by :class:`Analog` (the ANN baseline).
-    ``forward(x, as_codes=True)`` may return the spikes as bytes alone
-    (:class:`~stbp.functional.spike_bytes.Codes`), which this layer and :class:`AvgPool2d`
-    accept as input — what :class:`stbp.models.SpikingNet` passes between them.
+    ``neuron``: :class:`~stbp.functional.LIFParams`, or its settings as keywords.
     """
 
+    reads_spikes = True
+    makes_spikes = True
+
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 activation: str = "lif", **neuron) -> None:
+                 activation: str = "lif", neuron: LIFParams | None = None, **settings) -> None:
         super().__init__()
         self.synapse = nn.Linear(in_features, out_features, bias=bias)
-        self.neuron = _neuron(activation, neuron)
+        self.neuron = _neuron(activation, neuron, settings)
 
-    def forward(self, x: Tensor | Codes, *, as_codes: bool = False) -> Tensor | Codes:
+    def forward(self, x: Tensor | Spikes, *, as_spikes: bool = False) -> Tensor | Spikes:
         _check_steps_batch(x, 3, "Linear")
         if x.shape[-1] != self.synapse.in_features:
             raise StbpError(
@@ -171,7 +176,7 @@ class Linear(nn.Module):
             return self.neuron(current.unsqueeze(0).expand(x.shape[0], *current.shape))
         current = synapse.linear(x, self.synapse.weight, self.synapse.bias,
                                  events=_events_allowed(self.neuron))
-        return self.neuron.fire(current, overwrite=True, as_codes=as_codes)
+        return self.neuron.fire(current, overwrite=True, as_spikes=as_spikes)
 
 
 class Conv2d(nn.Module):
@@ -179,6 +184,9 @@ class Conv2d(nn.Module):
 
     Memory as for :class:`Linear`: spiking (or average-pooled spiking) input is kept as bytes.
     """
+
+    reads_spikes = True
+    makes_spikes = True
 
     def __init__(
         self,
@@ -190,49 +198,47 @@ class Conv2d(nn.Module):
         padding: int = 0,
         bias: bool = True,
         activation: str = "lif",
-        **neuron,
+        neuron: LIFParams | None = None,
+        **settings,
     ) -> None:
         super().__init__()
         self.synapse = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
         )
-        self.neuron = _neuron(activation, neuron)
+        self.neuron = _neuron(activation, neuron, settings)
 
-    def forward(self, x: Tensor | Codes, *, as_codes: bool = False) -> Tensor | Codes:
-        x = _floats(x)
+    def forward(self, x: Tensor | Spikes, *, as_spikes: bool = False) -> Tensor | Spikes:
         _check_steps_batch(x, 5, "Conv2d")
         steps, batch = x.shape[:2]
         if _constant_in_time(x):  # direct input: one conv for all steps
             current = self.synapse(x[0])
             return self.neuron(current.unsqueeze(0).expand(steps, *current.shape))
         conv = self.synapse
-        flat = spike_bytes.carry(x.flatten(0, 1), x, lambda c: c.flatten(0, 1))
-        current = synapse.conv2d(flat, conv.weight, conv.bias, conv.stride[0],
-                                 conv.padding[0], events=_events_allowed(self.neuron),
-                                 steps=steps)
+        flat = x if isinstance(x, Spikes) else x.flatten(0, 1)
+        current = synapse.conv2d(flat, conv.weight, conv.bias, conv.stride[0], conv.padding[0],
+                                 events=_events_allowed(self.neuron), steps=steps)
         return self.neuron.fire(current.unflatten(0, (steps, batch)), overwrite=True,
-                                as_codes=as_codes)
+                                as_spikes=as_spikes)
 
 
 class AvgPool2d(nn.Module):
     """Average pooling of spikes over ``[T, B, C, H, W]`` (the paper's P2 layers); keeps no
-    activations for the backward (:func:`stbp.functional.pool.avg_pool2d`). Spikes from the
-    fused kernels are pooled from their bytes and the gradient goes back to the LIF kernel
-    unexpanded (:func:`stbp.functional.pool.avg_pool2d_spikes`)."""
+    activations for the backward (:func:`stbp.functional.pool.avg_pool2d`).
+    :class:`~stbp.functional.Spikes` are pooled from their bytes into :class:`Spikes` (window
+    sums), whose gradient goes back to the neurons unexpanded."""
+
+    reads_spikes = True
 
     def __init__(self, kernel_size: int, stride: int | None = None) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
 
-    def forward(self, x: Tensor | Codes) -> Tensor:
+    def forward(self, x: Tensor | Spikes) -> Tensor | Spikes:
         _check_steps_batch(x, 5, "AvgPool2d")
+        if isinstance(x, Spikes):
+            return avg_pool2d(x, self.kernel_size, self.stride)
         steps, batch = x.shape[:2]
-        if self.stride == self.kernel_size:  # spikes of the fused kernels: from their bytes
-            y = avg_pool2d_spikes(x, self.kernel_size)
-            if y is not None:
-                return y
-        x = _floats(x)
         y = avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride)
         return y.unflatten(0, (steps, batch))
 
@@ -241,11 +247,12 @@ class AvgPool2d(nn.Module):
 
 
 class Flatten(nn.Module):
-    """Flatten everything after ``[T, B]``."""
+    """Flatten everything after ``[T, B]`` (of a tensor or of :class:`~stbp.functional.Spikes`)."""
 
-    def forward(self, x: Tensor | Codes) -> Tensor:
-        x = _floats(x)
+    reads_spikes = True
+
+    def forward(self, x: Tensor | Spikes) -> Tensor | Spikes:
         _check_steps_batch(x, 2, "Flatten")
         if x.dim() <= 2:
             return x
-        return spike_bytes.carry(x.flatten(2), x, lambda c: c.flatten(2))
+        return x.flatten(2)

@@ -13,77 +13,121 @@ derivative, run t = T..1::
     ε^t = (δ^t + ε^{t+1} · u^t · f'(o^t)) · h(u^t − V_th) + ε^{t+1} · f(o^t)
 
 and ∂L/∂x^t = ε^t, so E8–E9 (weight and bias gradients) follow from the layer's own matmul or
-conv. All T steps run inside one :class:`torch.autograd.Function`; h, f and f' are evaluated
-for all steps at once, leaving one fused multiply-add per step in the recursion. With
-``temporal=False`` (the paper's "SD only" ablation) the two ε^{t+1} terms vanish.
+conv. With ``temporal=False`` (the paper's "SD only" ablation) the two ε^{t+1} terms vanish.
+
+The neuron runs on a backend (:mod:`stbp.kernels.registry`): the fused numba kernels on a CPU,
+``torch.compile`` on a GPU, the eager PyTorch code anywhere. A backend that makes its spikes
+as bytes hands them on as :class:`~stbp.functional.spikes.Spikes` whose origin
+(:class:`NeuronOrigin`) runs E6–E7 for whatever gradient a consumer hands back; the others
+return float spikes through one autograd Function for all T steps.
 
 :func:`lif_reference` is the same neuron written per step with plain autograd; it is kept as the
-reference that the fused function is tested against.
+reference that the backends are tested against.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
 
+from stbp import kernels
 from stbp.errors import StbpError
-from stbp.functional import lif_compiled, lif_numba, spike_bytes
-from stbp.functional.surrogate import Surrogate, SurrogateLike, get_surrogate
+from stbp.functional.spikes import GradTerm, Origin, Spikes, chunk_samples, samples
+from stbp.functional.surrogate import Surrogate, get_surrogate
+from stbp.kernels import lif_torch
+from stbp.kernels.runtime import TUNING, Tuning
 
-__all__ = ["lif", "lif_reference", "LIFParams", "RESETS", "BACKENDS"]
+__all__ = ["lif", "lif_with", "lif_reference", "LIFParams", "NeuronOrigin", "RESETS", "BACKENDS"]
 
 RESETS = ("zero", "paper")
-#: "auto": the fused numba CPU kernels where they apply (CPU, float32/64, a built-in surrogate),
-#: the torch.compile path on a CUDA GPU, else the eager PyTorch path; "numba" insists on the
-#: kernels; "torch" is the eager reference; "compile" runs the recurrence through torch.compile
-#: (fused Triton kernels on CUDA, C++ on a CPU), falling back to the eager path where it cannot.
-BACKENDS = ("auto", "numba", "torch", "compile")
+#: the backend names at import time (:func:`stbp.kernels.names` lists those registered since)
+BACKENDS = kernels.names()
 
 
 @dataclass(frozen=True)
 class LIFParams:
-    """Validated neuron settings shared by the functional core and the modules."""
+    """The neuron's settings — defaults here and nowhere else, validated once, on construction.
+
+    Args:
+        decay: τ of E4/E4', in (0, 1] (paper: 0.1 for MNIST, 0.2 for N-MNIST).
+        threshold: V_th of E3, > 0.
+        surrogate: approximated derivative — "rectangular", "polynomial", "sigmoid", "gaussian"
+            (h1–h4), "atan", "fast_sigmoid", a :class:`~stbp.functional.Surrogate` or a callable
+            (held as a :class:`~stbp.functional.Surrogate` after construction).
+        width: the paper's ``a`` for a named surrogate (a surrogate object brings its own).
+        reset: "zero" (E4', u ← τ·u·(1−o) + x) or "paper" (E4, u ← u·τ·exp(−o/τ) + x).
+        temporal: False drops the temporal-domain error path (the paper's "SD only" ablation).
+        backend: "auto" or a registered backend (:func:`stbp.kernels.names`): "numba" (the
+            fused CPU kernels), "compile" (torch.compile, the GPU path), "torch" (eager).
+    """
 
     decay: float
     threshold: float
-    surrogate: Surrogate
+    surrogate: Surrogate = "rectangular"  # type: ignore[assignment]  # resolved on construction
+    width: float = 1.0
     reset: str = "zero"
     temporal: bool = True
     backend: str = "auto"
 
-    @classmethod
-    def make(
-        cls,
-        *,
-        decay: float,
-        threshold: float,
-        surrogate: SurrogateLike = "rectangular",
-        width: float = 1.0,
-        reset: str = "zero",
-        temporal: bool = True,
-        backend: str = "auto",
-    ) -> LIFParams:
+    def __post_init__(self) -> None:
         try:
-            decay = float(decay)
-            threshold = float(threshold)
+            decay, threshold = float(self.decay), float(self.threshold)
         except (TypeError, ValueError) as err:
             raise StbpError(f"decay and threshold must be numbers: {err}") from None
         if not math.isfinite(decay) or not 0 < decay <= 1:
-            raise StbpError(f"decay must be in (0, 1], got {decay!r}")
+            raise StbpError(f"decay must be in (0, 1], got {self.decay!r}")
         if not math.isfinite(threshold) or threshold <= 0:
-            raise StbpError(f"threshold must be a finite number > 0, got {threshold!r}")
-        if reset not in RESETS:
-            raise StbpError(f"unknown reset {reset!r}; choose one of: {', '.join(RESETS)}")
-        if not isinstance(temporal, bool):
-            raise StbpError(f"temporal must be true or false, got {temporal!r}")
-        if backend not in BACKENDS:
-            raise StbpError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        return cls(decay, threshold, get_surrogate(surrogate, width), reset, temporal, backend)
+            raise StbpError(f"threshold must be a finite number > 0, got {self.threshold!r}")
+        if self.reset not in RESETS:
+            raise StbpError(f"unknown reset {self.reset!r}; choose one of: {', '.join(RESETS)}")
+        if not isinstance(self.temporal, bool):
+            raise StbpError(f"temporal must be true or false, got {self.temporal!r}")
+        if self.backend not in kernels.names():
+            raise StbpError(f"unknown backend {self.backend!r}; choose one of: "
+                            f"{', '.join(kernels.names())}")
+        surrogate = get_surrogate(self.surrogate, self.width)
+        object.__setattr__(self, "decay", decay)
+        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "surrogate", surrogate)
+        object.__setattr__(self, "width", surrogate.width)
+
+    @classmethod
+    def of(cls, params: LIFParams | None = None, /, **settings) -> LIFParams:
+        """``params`` as given, or a new one from keyword ``settings`` (not both)."""
+        if params is None:
+            names = [f.name for f in fields(cls)]
+            unknown = sorted(set(settings) - set(names))
+            if unknown:
+                raise StbpError(f"unknown neuron setting(s) {', '.join(unknown)}; the neuron "
+                                f"takes {', '.join(names)}")
+            missing = [k for k in ("decay", "threshold") if k not in settings]
+            if missing:
+                raise StbpError(f"the neuron needs the setting(s) {', '.join(missing)}, e.g. "
+                                f"decay=0.1, threshold=0.5 as in the paper's MNIST networks")
+            return cls(**settings)
+        if not isinstance(params, LIFParams):
+            raise StbpError(f"neuron parameters must be a LIFParams, got {type(params).__name__}")
+        if settings:
+            raise StbpError(f"give the neuron either LIFParams or settings, not both "
+                            f"(got {', '.join(sorted(settings))} besides)")
+        return params
+
+    def replace(self, **changes) -> LIFParams:
+        """A copy with some settings changed (validated again)."""
+        values = {**self.settings(), **changes}
+        if "surrogate" in changes and "width" not in changes:
+            values.pop("width")
+        return LIFParams(**values)
+
+    def settings(self) -> dict:
+        """The settings as plain values (the surrogate by name), as a config's ``[neuron]``."""
+        out = asdict(self)
+        out["surrogate"] = self.surrogate.name if self.surrogate.name != "callable" else (
+            self.surrogate)
+        return out
 
     # f(o) and f'(o) of E4 / E4' -------------------------------------------------------------
     def leak(self, spikes: Tensor) -> Tensor:
@@ -113,210 +157,172 @@ def _check_current(current: Tensor) -> None:
         raise StbpError("current has T = 0 time steps; T must be >= 1")
 
 
-def _forward(x: Tensor, p: LIFParams, smooth: bool, overwrite: bool) -> tuple[Tensor, Tensor]:
-    """Run the recurrence; return (spikes, membrane u^t before reset).
+_SECOND_BACKWARD = (
+    "backward through an stbp layer a second time: its saved membrane potentials were "
+    "released by the first backward (to save memory); to differentiate twice, build the "
+    "layers with backend='torch'"
+)
 
-    With ``overwrite`` the membrane is written over the current x (u^t replaces x^t once step t
-    has read it), saving one ``[T, ...]`` buffer.
+
+class NeuronOrigin(Origin):
+    """The way back through a layer of neurons whose spikes a backend made as bytes.
+
+    Holds the membrane potentials u^t ``[T, B, ...]`` (the only state E6–E7 need; the spikes
+    are u ≥ V_th again) and runs the backend's backward for the gradient a consumer hands back
+    — dense, or made a few samples at a time from the consumer's factored term
+    (:meth:`~stbp.functional.spikes.GradTerm.add_to`), so that the gradient on the spikes is
+    never made whole. ``reusable``: the membrane lives in a temporary nobody else reads (a
+    layer's current), so the backward of its only consumer writes ε over it; a second
+    backward through the same graph is then an error.
     """
-    spikes = torch.empty_like(x)
-    membrane = x.detach() if overwrite else torch.empty_like(x)
-    u = x[0]
-    for t in range(x.shape[0]):
-        if t:
-            u = torch.addcmul(x[t], u, p.leak(spikes[t - 1]))
-        membrane[t] = u
-        if smooth:
-            spikes[t] = p.surrogate.primitive(u - p.threshold)
-        else:
-            torch.ge(u, p.threshold, out=spikes[t])
-    return spikes, membrane
+
+    def __init__(self, current: Tensor, membrane: Tensor, params: LIFParams,
+                 backend: kernels.NeuronBackend, *, reusable: bool, tuning: Tuning = TUNING):
+        self.input = current
+        self.membrane, self.params, self.backend = membrane, params, backend
+        self.reusable, self.tuning = reusable, tuning
+        self.uses = 0
+        self.released = False
+
+    def use(self) -> None:
+        self.uses += 1
+
+    def backward(self, term: GradTerm | None, grad_membrane: Tensor | None = None) -> Tensor:
+        if self.released:
+            raise StbpError(_SECOND_BACKWARD)
+        shape = self.membrane.shape
+        steps = shape[0]
+        flat = self.membrane.reshape(steps, -1)
+        in_place = self.reusable and self.uses <= 1
+        eps = flat if in_place else flat.clone()  # u^t, turned into ε^t by the backend
+        self.released = in_place
+        run = self.backend.backward
+        held = None if term is None else term.whole()
+        if term is None or held is not None or grad_membrane is not None:
+            gs = None if term is None else term.dense(shape, eps.dtype).reshape(steps, -1)
+            gm = None if grad_membrane is None else grad_membrane.reshape(steps, -1)
+            run(eps, self.params, gs, gm, None)
+            return eps.view(shape)
+        batch, per = samples(shape)
+        step = chunk_samples(batch, steps * per * eps.element_size(),
+                             self.tuning.neuron_chunk_bytes)
+        buf = torch.empty(steps * step * per, dtype=eps.dtype)
+        for b0 in range(0, batch, step):
+            b1 = min(batch, b0 + step)
+            part = buf[:steps * (b1 - b0) * per].view(steps, b1 - b0, *shape[2:])
+            part.zero_()
+            term.add_to(part, b0, b1)
+            run(eps, self.params, part.view(steps, -1), None, (b0 * per, b1 * per))
+        return eps.view(shape)
 
 
-def _use_compiled(current: Tensor, p: LIFParams, smooth: bool) -> bool:
-    """backend "compile", or "auto" on a GPU: the torch.compile path where it works."""
-    on_gpu = current.device.type == "cuda"
-    if smooth or not (p.backend == "compile" or (p.backend == "auto" and on_gpu)):
-        return False
-    why = lif_compiled.available(current, p.surrogate)
-    if why is not None and p.backend == "compile":
-        _warn_once(f"stbp: backend 'compile' falls back to the eager path: {why}")
-    return why is None
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-def _use_numba(current: Tensor, p: LIFParams, smooth: bool) -> bool:
-    if p.backend in ("torch", "compile"):
-        return False
-    why = "smooth spikes are an eager-path analysis tool" if smooth else lif_numba.supported(
-        current, p.surrogate)
-    if why is not None and p.backend == "numba":
-        raise StbpError(f"backend 'numba' cannot run this case: {why}; use backend 'auto'")
-    return why is None
-
-
-class _LIFFunction(torch.autograd.Function):
-    """All T steps of E2–E4 forward; E6–E7 written out as the backward."""
+class _Membrane(torch.autograd.Function):
+    """The membrane potentials of a :class:`NeuronOrigin` as a differentiable tensor (a copy)."""
 
     @staticmethod
-    def forward(ctx, current: Tensor, p: LIFParams, smooth: bool,  # type: ignore[override]
-                overwrite: bool, release: bool, handoff: spike_bytes.Handoff, as_codes: bool):
-        # returns (spikes, membrane, link); with ``as_codes`` on the fused path the spikes come
-        # as their bytes alone (uint8), for a next layer that reads nothing else
-        compiled = _use_compiled(current, p, smooth)
-        fused = not compiled and _use_numba(current, p, smooth)
-        overwrite = overwrite and current.is_contiguous() and not compiled
-        # the backward may write ε over the saved membrane when nobody else can read it
-        ctx.release = release and overwrite and fused
-        ctx.released = False
-        link = current.new_zeros(())  # routes a next layer's factored gradient here
-        ctx.handoff = None
-        if fused:
-            spikes, membrane, codes = lif_numba.forward(current, p, overwrite=overwrite,
-                                                        floats=not as_codes)
-            ctx.handoff = handoff
-            if spikes is None:
-                spikes = codes
-                ctx.mark_non_differentiable(codes)
-            else:  # for a next layer that sums events, and hands ∂L/∂o back factored
-                spike_bytes.attach(spikes, codes, handoff, link)
-        elif compiled:
-            spikes, membrane = lif_compiled.forward(current, p)
+    def forward(ctx, source: Tensor, origin: NeuronOrigin):  # type: ignore[override]
+        ctx.origin = origin
+        return origin.membrane.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return ctx.origin.backward(None, grad_membrane=grad), None
+
+
+class _FloatLIF(torch.autograd.Function):
+    """All T steps of E2–E4 on a float backend; E6–E7 as its backward."""
+
+    @staticmethod
+    def forward(ctx, current: Tensor, p: LIFParams,  # type: ignore[override]
+                backend: kernels.NeuronBackend, overwrite: bool, smooth: bool):
+        if smooth:
+            spikes, membrane = lif_torch.forward(current, p, overwrite, smooth=True)
         else:
-            spikes, membrane = _forward(current, p, smooth, overwrite)
-        ctx.p = p
-        ctx.smooth = smooth
-        ctx.fused = fused
-        ctx.compiled = compiled
+            spikes, membrane = backend.forward(current, p, overwrite)
+        ctx.p, ctx.backend, ctx.smooth = p, backend, smooth
         ctx.save_for_backward(membrane, spikes if smooth else None)
         ctx.set_materialize_grads(False)
-        return spikes, membrane, link
+        return spikes, membrane
 
     @staticmethod
-    def backward(ctx, grad_spikes: Tensor | None, grad_membrane: Tensor | None,  # type: ignore[override]
-                 grad_link: Tensor | None):
+    def backward(ctx, grad_spikes: Tensor | None, grad_membrane: Tensor | None):  # type: ignore[override]
         membrane, saved_spikes = ctx.saved_tensors
-        p: LIFParams = ctx.p
-        # the factored terms next layers left this pass (grad_link counts them)
-        terms = ([] if grad_link is None or ctx.handoff is None
-                 else ctx.handoff.take(round(float(grad_link))))
-        if grad_spikes is None and grad_membrane is None and not terms:
-            return None, None, None, None, None, None, None
-        if ctx.released:
-            raise StbpError(
-                "backward through an stbp layer a second time: its saved membrane potentials "
-                "were released by the first backward (to save memory); to differentiate twice, "
-                "build the layers with backend='torch'"
-            )
-        if ctx.fused:
-            ctx.released = ctx.release
-            factored = None
-            for term in terms:  # one factored term goes to the kernel, the rest made densely
-                if factored is None and term[0] != "dense":
-                    factored = term
-                    continue
-                dense = spike_bytes.dense(term, membrane.shape)
-                grad_spikes = dense if grad_spikes is None else grad_spikes + dense
-            eps = lif_numba.backward(membrane, grad_spikes, grad_membrane, p,
-                                     in_place=ctx.release, factored=factored)
-            return eps, None, None, None, None, None, None
-        if ctx.compiled:
-            eps = lif_compiled.backward(membrane, grad_spikes, grad_membrane, p)
-            return eps, None, None, None, None, None, None
-        v = membrane - p.threshold
-        h = p.surrogate.derivative(v)
-        # direct term of ε^t: δ^t · h(u^t) (+ any gradient on the exposed membrane itself)
-        eps = grad_spikes * h if grad_spikes is not None else torch.zeros_like(membrane)
-        if grad_membrane is not None:
-            eps = eps + grad_membrane
-        if p.temporal and membrane.shape[0] > 1:
-            spikes = saved_spikes if ctx.smooth else (v >= 0).to(membrane.dtype)
-            # coefficient of ε^{t+1} in ε^t: f(o^t) + u^t · f'(o^t) · h(u^t)   (E6 into E7)
-            carry = torch.addcmul(p.leak(spikes), membrane * p.leak_grad(spikes), h)
-            for t in range(membrane.shape[0] - 2, -1, -1):
-                eps[t].addcmul_(eps[t + 1], carry[t])
-        return eps, None, None, None, None, None, None
+        if grad_spikes is None and grad_membrane is None:
+            return None, None, None, None, None
+        steps = membrane.shape[0]
 
+        def flat(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.reshape(steps, -1)
 
-def lif(
-    current: Tensor,
-    *,
-    decay: float,
-    threshold: float,
-    surrogate: SurrogateLike = "rectangular",
-    width: float = 1.0,
-    reset: str = "zero",
-    temporal: bool = True,
-    return_membrane: bool = False,
-    backend: str = "auto",
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Spikes of a layer of iterative LIF neurons driven by ``current`` (E2–E4), trained by STBP.
-
-    Args:
-        current: floating tensor ``[T, ...]`` — the input current x^t + b of E1 for every step.
-        decay: τ of E4/E4', in (0, 1] (paper: 0.1 for MNIST, 0.2 for N-MNIST).
-        threshold: V_th of E3, > 0.
-        surrogate: approximated derivative — "rectangular", "polynomial", "sigmoid", "gaussian"
-            (h1–h4), "atan", "fast_sigmoid", a :class:`~stbp.functional.Surrogate` or a callable.
-        width: the paper's ``a`` for a named surrogate.
-        reset: "zero" (E4', u ← τ·u·(1−o) + x) or "paper" (E4, u ← u·τ·exp(−o/τ) + x).
-        temporal: False drops the temporal-domain error path (the paper's "SD only" ablation).
-        return_membrane: also return the membrane potentials u^t (before reset).
-        backend: "auto" (the fused numba CPU kernels where they apply, else eager PyTorch),
-            "numba" (insist on the kernels), "torch" (the eager path) or "compile"
-            (torch.compile: fused Triton kernels on a GPU, else eager where it cannot
-            compile). The spikes agree (on "compile", except where u^t lies within float
-            rounding of V_th); gradients agree to float rounding.
-
-    Returns:
-        Spikes o^t (0/1) with the shape and dtype of ``current``; with ``return_membrane``, the
-        pair ``(spikes, membrane)``. Gradients flow to ``current`` through E6–E7.
-    """
-    p = LIFParams.make(
-        decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
-        temporal=temporal, backend=backend,
-    )
-    return lif_with(current, p, return_membrane=return_membrane)
+        eps = membrane.reshape(steps, -1).clone()
+        if ctx.smooth:
+            lif_torch.backward(eps, ctx.p, flat(grad_spikes), flat(grad_membrane),
+                               spikes=flat(saved_spikes))
+        else:
+            ctx.backend.backward(eps, ctx.p, flat(grad_spikes), flat(grad_membrane), None)
+        return eps.view(membrane.shape), None, None, None, None
 
 
 def lif_with(
     current: Tensor,
     p: LIFParams,
     *,
+    as_spikes: bool = False,
     return_membrane: bool = False,
-    smooth: bool = False,
     overwrite: bool = False,
-    release: bool = False,
-    as_codes: bool = False,
-) -> Tensor | spike_bytes.Codes | tuple[Tensor | spike_bytes.Codes, Tensor]:
-    """:func:`lif` with already-validated :class:`LIFParams` (what the modules call).
+    smooth: bool = False,
+    tuning: Tuning = TUNING,
+) -> Tensor | Spikes | tuple[Tensor | Spikes, Tensor]:
+    """:func:`lif` with :class:`LIFParams` (what the layers call).
 
-    ``smooth=True`` replaces the firing step by the surrogate's primitive (a smooth step whose
-    derivative is h): then the STBP backward is the exact gradient, which lets a
+    ``as_spikes=True`` returns the spikes as :class:`~stbp.functional.spikes.Spikes` (bytes)
+    where the backend makes bytes — for a next layer that reads them — and as a float tensor
+    elsewhere. ``overwrite=True`` lets the membrane potentials (which the backward keeps) take
+    the place of ``current`` in memory: for a caller whose current is a temporary nobody else
+    reads, such as the output of a layer's matmul; ``current`` then holds u^t afterwards, and on
+    a bytes backend the backward writes ∂L/∂x over them (a graph through the layer is then
+    differentiated once). ``smooth=True`` (eager path) replaces the firing step by the
+    surrogate's primitive: then the STBP backward is the exact gradient, which lets a
     finite-difference check verify the recursion. It is an analysis tool, not a neuron model.
-
-    ``overwrite=True`` lets the membrane potentials (which the backward keeps) take the place of
-    ``current`` in memory: for a caller whose current is a temporary nobody else reads, such as
-    the output of a layer's matmul; ``current`` then holds u^t afterwards. ``release=True``
-    (with ``overwrite``, on the fused path) also lets the backward write ∂L/∂x over those saved
-    potentials, so a second backward through the same graph raises an error.
-
-    ``as_codes=True`` returns the spikes as :class:`~stbp.functional.spike_bytes.Codes` (their
-    bytes alone, no float tensor) where the fused kernels run, else as floats: for a caller
-    whose next layer reads the bytes (:class:`stbp.models.SpikingNet` between its layers).
     """
     _check_current(current)
-    handoff = spike_bytes.Handoff()
-    spikes, membrane, link = _LIFFunction.apply(current, p, smooth, overwrite,
-                                                release and not return_membrane, handoff,
-                                                as_codes)
-    if spikes.dtype == torch.uint8:
-        spikes = spike_bytes.Codes(spikes, membrane.dtype, handoff, link)
-    return (spikes, membrane) if return_membrane else spikes
+    backend = kernels.get("torch") if smooth else kernels.choose(p.backend, current, p)
+    if not backend.makes_bytes:
+        spikes, membrane = _FloatLIF.apply(current, p, backend, overwrite, smooth)
+        return (spikes, membrane) if return_membrane else spikes
+    codes, membrane = backend.forward(current, p, overwrite)
+    graph = torch.is_grad_enabled() and current.requires_grad
+    origin = NeuronOrigin(current, membrane, p, backend, reusable=overwrite,
+                          tuning=tuning) if graph else None
+    out: Tensor | Spikes = Spikes(codes, current.dtype, origin=origin)
+    if not as_spikes:
+        out = out.float()
+    if not return_membrane:
+        return out
+    if origin is None:
+        return out, membrane.clone() if overwrite else membrane
+    origin.use()
+    return out, _Membrane.apply(current, origin)
+
+
+def lif(current: Tensor, params: LIFParams | None = None, *, return_membrane: bool = False,
+        **settings) -> Tensor | tuple[Tensor, Tensor]:
+    """Spikes of a layer of iterative LIF neurons driven by ``current`` (E2–E4), trained by STBP.
+
+    Args:
+        current: floating tensor ``[T, ...]`` — the input current x^t + b of E1 for every step.
+        params: a :class:`LIFParams`, or its settings as keywords (``decay``, ``threshold``,
+            ``surrogate``, ``width``, ``reset``, ``temporal``, ``backend``; see there).
+        return_membrane: also return the membrane potentials u^t (before reset).
+
+    Every backend gives the same spikes (on "compile", except where u^t lies within float
+    rounding of V_th) and gradients equal to float rounding.
+
+    Returns:
+        Spikes o^t (0/1) with the shape and dtype of ``current``; with ``return_membrane``, the
+        pair ``(spikes, membrane)``. Gradients flow to ``current`` through E6–E7.
+    """
+    return lif_with(current, LIFParams.of(params, **settings), return_membrane=return_membrane)
 
 
 class _SpikeFunction(torch.autograd.Function):
@@ -334,26 +340,14 @@ class _SpikeFunction(torch.autograd.Function):
         return grad * ctx.surrogate.derivative(v), None
 
 
-def lif_reference(
-    current: Tensor,
-    *,
-    decay: float,
-    threshold: float,
-    surrogate: SurrogateLike = "rectangular",
-    width: float = 1.0,
-    reset: str = "zero",
-    temporal: bool = True,
-    return_membrane: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+def lif_reference(current: Tensor, params: LIFParams | None = None, *,
+                  return_membrane: bool = False, **settings) -> Tensor | tuple[Tensor, Tensor]:
     """Per-step plain-autograd version of :func:`lif` (same arguments, same results).
 
     Autograd through this graph is exactly E6–E9 because the spike's backward returns h(u) and
     f(o) stays in the graph; with ``temporal=False`` u^t and o^t enter step t+1 detached.
     """
-    p = LIFParams.make(
-        decay=decay, threshold=threshold, surrogate=surrogate, width=width, reset=reset,
-        temporal=temporal,
-    )
+    p = LIFParams.of(params, **settings)
     u = torch.zeros_like(current[0])
     o = torch.zeros_like(current[0])
     spikes, membranes = [], []

@@ -7,7 +7,10 @@ changes the shape but not the total gradient mass.
 
 Each surrogate is a small object: :meth:`Surrogate.derivative` is h(x) with x = u − V_th, and
 :meth:`Surrogate.primitive` is its integral (a smooth step from 0 to 1), used for plots and by
-the smooth-spike check of the STBP backward. A user may pass their own subclass, or any
+the smooth-spike check of the STBP backward. For the fused CPU kernels a surrogate names its
+curve as a numba function (``curve``, from :mod:`stbp.kernels.curves`) with the two constants
+it needs (:meth:`Surrogate.constants`); a surrogate without one runs on the eager path. A user
+may pass their own subclass (with a curve of their own, it takes the fused path too), or any
 callable ``h(x) -> Tensor``, wherever a surrogate name is accepted.
 """
 
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from stbp.errors import StbpError
+from stbp.kernels import curves
 
 __all__ = [
     "Surrogate",
@@ -38,6 +42,14 @@ class Surrogate:
     """Base class: an approximated derivative h of width ``a`` (the paper's ``a``)."""
 
     name = "surrogate"
+    #: h(x, c0, c1, zero) as a numba function for the fused CPU kernels (None: eager path only)
+    curve = None
+    #: whether torch.compile takes :meth:`derivative` (the GPU path)
+    compilable = False
+
+    def constants(self) -> tuple[float, float]:
+        """(c0, c1) that :attr:`curve` takes, computed once so the kernels need no division."""
+        return 0.0, 0.0
 
     def __init__(self, width: float = 1.0) -> None:
         width = float(width)
@@ -70,6 +82,12 @@ class Rectangular(Surrogate):
     """h1 (paper Eq. 23): (1/a) · 1[|u − V_th| < a/2]. Used by the authors' code."""
 
     name = "rectangular"
+    curve = staticmethod(curves.rectangular)
+    compilable = True
+
+    def constants(self) -> tuple[float, float]:
+        a = self.width
+        return 1 / a, a / 2
 
     def derivative(self, x: Tensor) -> Tensor:
         a = self.width
@@ -83,6 +101,12 @@ class Polynomial(Surrogate):
     """h2 (paper Eq. 24): max(0, √a/2 − (a/4)·|u − V_th|), zero outside |u − V_th| < 2/√a."""
 
     name = "polynomial"
+    curve = staticmethod(curves.polynomial)
+    compilable = True
+
+    def constants(self) -> tuple[float, float]:
+        a = self.width
+        return math.sqrt(a) / 2, a / 4
 
     def derivative(self, x: Tensor) -> Tensor:
         a = self.width
@@ -100,6 +124,12 @@ class Sigmoid(Surrogate):
     """h3 (paper Eq. 25): (1/a) · e^{(V_th−u)/a} / (1 + e^{(V_th−u)/a})²."""
 
     name = "sigmoid"
+    curve = staticmethod(curves.sigmoid)
+    compilable = True
+
+    def constants(self) -> tuple[float, float]:
+        a = self.width
+        return 1 / a, 0.0
 
     def derivative(self, x: Tensor) -> Tensor:
         s = torch.sigmoid(x / self.width)
@@ -113,6 +143,12 @@ class Gaussian(Surrogate):
     """h4 (paper Eq. 26): (2πa)^{−1/2} · exp(−(u − V_th)² / (2a)) — a normal density of variance a."""
 
     name = "gaussian"
+    curve = staticmethod(curves.gaussian)
+    compilable = True
+
+    def constants(self) -> tuple[float, float]:
+        a = self.width
+        return 1 / (2 * a), 1 / math.sqrt(2 * math.pi * a)
 
     def derivative(self, x: Tensor) -> Tensor:
         a = self.width
@@ -129,6 +165,12 @@ class ATan(Surrogate):
     """
 
     name = "atan"
+    curve = staticmethod(curves.atan)
+    compilable = True
+
+    def constants(self) -> tuple[float, float]:
+        a = self.width
+        return 1 / a, 1 / (math.pi * a)
 
     def derivative(self, x: Tensor) -> Tensor:
         a = self.width
@@ -145,6 +187,12 @@ class FastSigmoid(Surrogate):
     """
 
     name = "fast_sigmoid"
+    curve = staticmethod(curves.fast_sigmoid)
+    compilable = True
+
+    def constants(self) -> tuple[float, float]:
+        a = self.width
+        return 1 / a, 1 / (2 * a)
 
     def derivative(self, x: Tensor) -> Tensor:
         a = self.width

@@ -20,14 +20,14 @@ gradient chunks in float32.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from stbp.functional import events as _events
-from stbp.functional import spike_bytes
-from stbp.functional.lif_numba import HAVE_NUMBA, nb
+from stbp.functional.spikes import Spikes
+from stbp.kernels import pack as pack_kernel
+from stbp.kernels.runtime import HAVE_NUMBA
 
 __all__ = ["linear", "conv2d", "pack", "unpack", "is_byte_spikes", "QUANTUM"]
 
@@ -36,27 +36,6 @@ __all__ = ["linear", "conv2d", "pack", "unpack", "is_byte_spikes", "QUANTUM"]
 QUANTUM = 36
 _CHUNK = 1 << 18  # elements per float chunk in a linear layer's backward (1 MiB of float32)
 _CONV_CHUNK = 1 << 22  # a convolution's backward works on larger chunks (oneDNN runs faster)
-_BLOCK = 1 << 16
-
-if HAVE_NUMBA:
-
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _pack_kernel(x, codes, ok):  # pragma: no cover - compiled
-        n = x.shape[0]
-        q = x.dtype.type(QUANTUM)
-        nblocks = (n + _BLOCK - 1) // _BLOCK
-        for b in nb.prange(nblocks):
-            good = 1
-            for j in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-                v = x[j]
-                c = np.rint(v * q)
-                if not (c >= 0 and c <= 255 and c / q == v):
-                    good = 0
-                    break
-                codes[j] = np.uint8(c)
-            ok[b] = good
-
-
 
 def pack(x: Tensor) -> Tensor | None:
     """One-byte codes of ``x`` (``uint8``, value = code / 36), or ``None`` if not exact.
@@ -66,13 +45,7 @@ def pack(x: Tensor) -> Tensor | None:
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not HAVE_NUMBA:
         return _pack_torch(x)
-    flat = x.detach().contiguous().reshape(-1)
-    codes = torch.empty(flat.shape, dtype=torch.uint8)
-    if not flat.numel():
-        return codes.view(x.shape)
-    ok = np.zeros((flat.numel() + _BLOCK - 1) // _BLOCK, np.uint8)
-    _pack_kernel(flat.numpy(), codes.numpy(), ok)
-    return codes.view(x.shape) if ok.all() else None
+    return pack_kernel.pack(x, QUANTUM)
 
 
 def _pack_torch(x: Tensor) -> Tensor | None:
@@ -104,16 +77,12 @@ def _save(ctx, x: Tensor, weight: Tensor, *, rows: bool = False) -> None:
     """Save the input (packed when exact; only when a weight gradient needs it) and W;
     ``rows=True`` saves it as ``[rows, features]``.
 
-    Spikes given as bytes (``uint8``/``bool`` 0/1), or float spikes that carry their bytes
-    (:mod:`stbp.functional.spike_bytes`), are saved as those bytes (value = code)."""
+    Spikes given as bytes (``uint8``/``bool`` 0/1) are saved as those bytes (value = code)."""
     ctx.quantum = QUANTUM
-    attached = spike_bytes.lookup(x)
     if rows:
         x = x.reshape(-1, x.shape[-1])
-        attached = None if attached is None else attached.reshape(x.shape)
-    if is_byte_spikes(x) or attached is not None:
-        codes = attached if attached is not None else (
-            x.view(torch.uint8) if x.dtype == torch.bool else x)
+    if is_byte_spikes(x):
+        codes = x.view(torch.uint8) if x.dtype == torch.bool else x
         ctx.quantum = 1
     else:
         codes = pack(x) if weight.requires_grad else None
@@ -244,52 +213,41 @@ def _tracks(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def linear(x: Tensor | spike_bytes.Codes, weight: Tensor, bias: Tensor | None = None, *,
+def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
            events: bool = True) -> Tensor:
     """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value.
 
-    Byte spikes run event-driven (:func:`stbp.functional.events.linear`: the weight columns of
-    the inputs that spiked are summed) when that is faster; ``events=False`` forces the dense
-    matmul. ``x`` may be a hidden layer's :class:`~stbp.functional.spike_bytes.Codes`.
+    Spikes held as bytes — a ``uint8``/``bool`` tensor, or :class:`Spikes` — run event-driven
+    (:func:`stbp.functional.events.linear`: the weight columns of the inputs that spiked are
+    summed) when that applies; ``events=False`` forces the dense matmul.
     """
-    if isinstance(x, spike_bytes.Codes):
-        if events and x.dtype == weight.dtype:
-            out = _events.linear(x.codes, weight, bias, handoff=(x.handoff, x.link))
-            if out is not None:
-                return out
-        x = x.float()
-    if events and is_byte_spikes(x):
+    if events:
         out = _events.linear(x, weight, bias)
         if out is not None:
             return out
-    carried = spike_bytes.scaled(x)  # a fused LIF's (pooled) spikes carry their bytes
-    if events and carried is not None and x.dtype == weight.dtype:
-        out = _events.linear(carried[0], weight, bias, spikes=x, scale=carried[1])
-        if out is not None:
-            return out
+    if isinstance(x, Spikes):
+        x = x.float()
     if not _tracks(x, weight, bias):
         return _linear_forward(x, weight, bias)
     return _Linear.apply(x, weight, bias)
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
+def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
            padding: int = 0, *, events: bool = True, steps: int = 0) -> Tensor:
     """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value.
 
-    Byte spikes run event-driven (:func:`stbp.functional.events.conv2d`) when that applies;
-    ``events=False`` forces the dense convolution. ``steps`` = T when the N images are T time
-    steps of N / T samples (image t·B + b), which lets the event-driven sums run over the
-    changes along time."""
-    if events and is_byte_spikes(x):
+    ``x``: a tensor ``[N, C, H, W]``, or :class:`Spikes` ``[T, B, C, H, W]`` (the result is
+    then ``[T·B, Cout, Ho, Wo]``). Spikes held as bytes run event-driven
+    (:func:`stbp.functional.events.conv2d`) when that applies; ``events=False`` forces the
+    dense convolution. ``steps`` = T when the N images of a tensor are T time steps of N / T
+    samples (image t·B + b), which lets the event-driven sums run over the changes along
+    time."""
+    if events:
         out = _events.conv2d(x, weight, bias, stride, padding, steps=steps)
         if out is not None:
             return out
-    carried = spike_bytes.scaled(x)  # pooled spikes carry their window sums
-    if events and carried is not None and x.dtype == weight.dtype:
-        out = _events.conv2d(carried[0], weight, bias, stride, padding, source=x,
-                             scale=carried[1], steps=steps)
-        if out is not None:
-            return out
+    if isinstance(x, Spikes):
+        x = x.float().flatten(0, 1)
     if not _tracks(x, weight, bias):
         return F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
     return _Conv2d.apply(x, weight, bias, stride, padding)

@@ -4,14 +4,14 @@ This is the GPU path: on CUDA, TorchInductor turns the unrolled T-step recurrenc
 Triton kernels (one pass over the neurons instead of several small kernels per step); on a CPU
 it generates C++ (a compiler must be present at run time — nothing is compiled at install
 time). The code below is the same arithmetic as the eager reference in
-:mod:`stbp.functional.lif` — ``u·f(o) + x`` rounded once, ``u >= V_th`` in the tensor's
+:mod:`stbp.kernels.lif_torch` — ``u·f(o) + x`` rounded once, ``u >= V_th`` in the tensor's
 dtype — so the spikes are the same and the gradients agree to float rounding (tested on the CPU
 here and on CUDA whenever a GPU is present).
 
 Compilation happens on first use for each (T, dtype, device, neuron settings); compiled
 functions are cached by torch. Where compilation is impossible (no compiler, no Triton, an
-unsupported surrogate callable), :func:`available` says why and ``backend="auto"`` keeps the
-eager path.
+unsupported surrogate callable), :func:`supported` says why: ``backend="auto"`` then keeps the
+eager path, and ``backend="compile"`` falls back to it with a warning.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["available", "forward", "backward"]
+__all__ = ["supported", "forward", "backward"]
 
 
 def _forward_impl(x: Tensor, decay: float, threshold: float, zero_reset: bool):
@@ -81,24 +81,24 @@ def _probe(device_type: str) -> str | None:
     return None
 
 
-def available(current: Tensor, surrogate: Any) -> str | None:
+def supported(current: Tensor, p: Any) -> str | None:
     """``None`` when the compiled path can run this case, else the reason it cannot."""
-    from stbp.functional.surrogate import SURROGATES
-
     if current.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return f"dtype {current.dtype}"
-    if SURROGATES.get(getattr(surrogate, "name", None)) is not type(surrogate):
-        return f"surrogate {surrogate!r} is not one of the built-in curves"
+    if not getattr(p.surrogate, "compilable", False):
+        return f"surrogate {p.surrogate!r} is not one torch.compile is known to take"
     return _probe(current.device.type)
 
 
-def forward(current: Tensor, p) -> tuple[Tensor, Tensor]:
-    """Spikes and membrane potentials of all T steps (E2–E4')."""
+def forward(current: Tensor, p: Any, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    """Spikes and membrane potentials of all T steps (E2–E4'); ``overwrite`` is not used."""
     return _compiled("forward")(current.detach(), p.decay, p.threshold, p.reset == "zero")
 
 
-def backward(membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: Tensor | None,
-             p) -> Tensor:
-    """ε = ∂L/∂x for all T steps (E6–E7)."""
-    return _compiled("backward")(membrane, grad_spikes, grad_membrane, p.surrogate, p.decay,
-                                 p.threshold, p.reset == "zero", p.temporal)
+def backward(eps: Tensor, p: Any, grad_spikes: Tensor | None, grad_membrane: Tensor | None,
+             columns: tuple[int, int] | None = None) -> None:
+    """Turn u^t in ``eps[:, lo:hi]`` into ε = ∂L/∂x for all T steps (E6–E7), in place."""
+    lo, hi = (0, eps.shape[1]) if columns is None else columns
+    out = _compiled("backward")(eps[:, lo:hi], grad_spikes, grad_membrane, p.surrogate, p.decay,
+                                p.threshold, p.reset == "zero", p.temporal)
+    eps[:, lo:hi] = out

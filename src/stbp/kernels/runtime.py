@@ -1,0 +1,78 @@
+"""The numba runtime every CPU kernel shares: the import guard, the thread policy, the tuning.
+
+- :data:`HAVE_NUMBA` / :data:`nb`: numba is a dependency, but a platform without a wheel still
+  runs (the eager PyTorch paths); a kernel module defines its kernels under ``if HAVE_NUMBA:``
+  and its backend says so in ``supported()``.
+- :func:`threads`: the policy for how many threads a kernel runs on — as many as PyTorch uses
+  (``torch.set_num_threads``), capped by ``NUMBA_NUM_THREADS`` — as a context manager that puts
+  numba's setting back afterwards.
+- :class:`Tuning`: every tuning value of the kernels in one frozen dataclass. Functions take a
+  ``tuning`` argument (default :data:`TUNING`); tests pass their own instead of patching globals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+try:  # numba is a dependency, but a platform without a wheel still gets the eager paths
+    import numba as nb
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    nb = None
+    HAVE_NUMBA = False
+
+__all__ = ["HAVE_NUMBA", "nb", "threads", "Tuning", "TUNING"]
+
+
+@contextlib.contextmanager
+def threads() -> Iterator[int]:
+    """Run numba kernels on PyTorch's thread count (capped by ``NUMBA_NUM_THREADS``) inside the
+    block; numba's previous setting is restored after it. Yields the count."""
+    if not HAVE_NUMBA:
+        yield 1
+        return
+    n = max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS))
+    before = nb.get_num_threads()
+    if n != before:
+        nb.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if n != before:
+            nb.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Tuning values of the CPU kernels (measured on the benchmark machine, docs/performance.md).
+
+    Attributes:
+        max_density: above this fraction of nonzero inputs a synaptic layer uses the dense
+            matmul/convolution (the event sums cost in proportion to the density; at MNIST's
+            13 % they take ~20 % of the dense forward's time).
+        changes_ratio: the sums run over the changes of each sample's spike trains along time
+            when those number fewer than this fraction of the spikes.
+        cache_bytes: the part of the error a weight-gradient chunk reads (under one core's L2).
+        private_bytes: a weight gradient this small is summed in ``parts`` private copies.
+        parts: the number of private copies (fixed, so sums do not depend on the thread count).
+        min_chunk: the fewest rows of a weight-gradient chunk.
+        neuron_chunk_bytes: the gradient on a layer's spikes handed back in factored form is
+            made this many bytes (a few samples) at a time inside the neuron's backward.
+    """
+
+    max_density: float = 0.25
+    changes_ratio: float = 0.75
+    cache_bytes: int = 768 << 10
+    private_bytes: int = 256 << 10
+    parts: int = 8
+    min_chunk: int = 16
+    neuron_chunk_bytes: int = 1 << 21
+
+
+#: the values the library runs with
+TUNING = Tuning()
