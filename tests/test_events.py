@@ -119,7 +119,7 @@ def test_csr_round_trip_and_transpose():
 
 def test_dense_input_and_other_cases_fall_back():
     w = torch.randn(3, 20)
-    assert events.linear(_bytes(5, 20, rate=0.6), w) is None  # denser than MAX_DENSITY
+    assert events.linear(_bytes(5, 20, rate=0.6), w) is None  # denser than Tuning.max_density
     assert events.linear(torch.rand(5, 20), w) is None  # not bytes
     assert events.linear(_bytes(0, 20), w) is None  # empty
     assert events.linear(_bytes(5, 20), w.to(torch.bfloat16)) is None

@@ -249,7 +249,7 @@ def test_mlp_keeps_spikes_as_bytes(mnist):
     assert kept[torch.float32] == weights
     hidden = out.grad_fn.next_functions[0][0]  # the output layer's synapses
     assert type(hidden).__name__ == "_EventLinearBackward"
-    assert hidden.csr.nnz < steps * batch * 800 * 0.25  # under MAX_DENSITY
+    assert hidden.csr.nnz < steps * batch * 800 * 0.25  # under Tuning.max_density
     assert hidden.origin.membrane.shape == (steps, batch, 800)
     assert hidden.origin.membrane.dtype == torch.float32
     rate_mse(out, labels).backward()  # and the backward runs from that state

@@ -195,7 +195,8 @@ class NeuronOrigin(Origin):
         flat = self.membrane.reshape(steps, -1)
         in_place = self.reusable and self.uses <= 1
         eps = flat if in_place else flat.clone()  # u^t, turned into ε^t by the backend
-        self.released = in_place
+        if in_place:  # the returned gradient is the only owner of that memory from now on
+            self.released, self.membrane, self.input = True, None, None
         run = self.backend.backward
         held = None if term is None else term.whole()
         if term is None or held is not None or grad_membrane is not None:
