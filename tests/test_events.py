@@ -68,6 +68,40 @@ def test_bool_float64_and_no_gradients():
     torch.testing.assert_close(out, ref[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(30, 20, 97), (7, 3, 40)])
+def test_float_spikes_run_event_driven_with_f_linear_gradients(shape):
+    """Float 0/1 spikes — ``(torch.rand(...) < p).float()``, what PyTorch users write — and
+    event counts as floats run event-driven (found in one pass over the values), with F.linear's
+    current and gradients, the input's own gradient included when it asks for one."""
+    x = _bytes(*shape, high=3).float().requires_grad_()
+    w, b = torch.randn(13, shape[-1], requires_grad=True), torch.randn(13, requires_grad=True)
+    err = torch.randn(*shape[:-1], 13, generator=torch.Generator().manual_seed(1))
+    ours = synapse.linear(x, w, b)
+    assert type(ours.grad_fn).__name__ == "_EventLinearBackward"
+    ref = F.linear(x, w, b)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(torch.autograd.grad(ours, (x, w, b), err),
+                    torch.autograd.grad(ref, (x, w, b), err), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+    assert events.linear(x.detach() + 0.5, w) is None  # not whole numbers: the dense path
+    assert events.linear(x.detach() * 300, w) is None  # beyond a byte: the dense path
+
+
+def test_float_spike_images_run_event_driven_with_f_conv2d_gradients():
+    x = _bytes(6, 2, 9, 9, rate=0.15).float().requires_grad_()
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 2, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(4, generator=g, requires_grad=True)
+    ours = synapse.conv2d(x, w, b, 1, 1)
+    assert type(ours.grad_fn).__name__ == "_EventConv2dBackward"
+    ref = F.conv2d(x, w, b, 1, 1)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    err = torch.randn(ref.shape, generator=g)
+    for a, r in zip(torch.autograd.grad(ours, (x, w, b), err),
+                    torch.autograd.grad(ref, (x, w, b), err), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+
+
 def test_silent_rows_inputs_and_all_silent():
     x = _bytes(10, 30, rate=0.2)
     x[3] = 0  # a row with no spike: the current is the bias
@@ -155,7 +189,9 @@ def test_synapse_dispatches_byte_spikes_unless_told_not_to():
 
     assert kind(synapse.linear(x, w)) == "_EventLinearBackward"
     assert kind(synapse.linear(x, w, events=False)) == "_LinearBackward"
-    assert kind(synapse.linear(x.float(), w)) == "_LinearBackward"
+    assert kind(synapse.linear(x.float(), w)) == "_EventLinearBackward"  # float 0/1: events
+    assert kind(synapse.linear(x.float() * 0.5, w)) == "_LinearBackward"  # analog: dense
+    assert kind(synapse.linear(x.double(), w.double())) == "_EventLinearBackward"
     # the reference path (backend="torch") keeps the dense matmul in the layers
     def synapse_kind(net):
         return type(net(x).grad_fn.next_functions[0][0]).__name__
@@ -345,7 +381,7 @@ def test_event_conv_falls_back_where_it_does_not_apply():
     w = torch.randn(4, 1, 3, 3)
     x = _bytes(2, 1, 8, 8, rate=0.1)
     assert events.conv2d(x, w, None, stride=2) is None  # stride 1 only
-    assert events.conv2d(x.float(), w) is None  # floats: the dense convolution
+    assert events.conv2d(x.float() * 0.3, w) is None  # analog floats: the dense convolution
     assert events.conv2d(_bytes(2, 1, 8, 8, rate=0.6), w) is None  # too dense
     assert events.conv2d(_bytes(2, 2, 8, 8), w) is None  # channel mismatch: F.conv2d's error
     dense = synapse.conv2d(x, w, None, 1, 1, events=False)

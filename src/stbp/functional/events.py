@@ -25,7 +25,7 @@ from torch import Tensor
 
 from stbp.errors import StbpError
 from stbp.functional.spikes import DenseTerm, GradTerm, Spikes
-from stbp.kernels import sparse_conv, sparse_linear
+from stbp.kernels import pack, sparse_conv, sparse_linear
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning
 
 __all__ = ["linear", "conv2d", "usable", "as_spikes", "LinearTerm"]
@@ -33,23 +33,51 @@ __all__ = ["linear", "conv2d", "usable", "as_spikes", "LinearTerm"]
 _WEIGHT_DTYPES = (torch.float32, torch.float64)
 
 
+def usable(x: Tensor | Spikes, weight: Tensor) -> bool:
+    """Whether the event-driven path can run for ``x`` — :class:`Spikes`, a ``uint8``/``bool``
+    tensor, or a float tensor of the weight's dtype (whose values are then checked, by
+    :func:`as_spikes`) — on the CPU with numba; the density is checked by the layer functions."""
+    if not (HAVE_NUMBA and weight.device.type == "cpu" and weight.dtype in _WEIGHT_DTYPES
+            and x.device.type == "cpu" and x.dim() >= 1):
+        return False
+    if isinstance(x, Spikes):
+        return x.dtype == weight.dtype
+    return x.dtype in (torch.uint8, torch.bool, weight.dtype)
+
+
 def as_spikes(x: Tensor | Spikes, dtype: torch.dtype) -> Spikes | None:
-    """``x`` as :class:`Spikes` standing for ``dtype`` when it is spikes held as bytes (a
-    ``uint8``/``bool`` tensor: its values, no gradient), else ``None``."""
+    """``x`` as :class:`Spikes` standing for ``dtype``: :class:`Spikes` as they are; a
+    ``uint8``/``bool`` tensor (its values); a float32/64 CPU tensor whose values are all whole
+    numbers in [0, 255] — spikes as ``(torch.rand(...) < p).float()`` makes them, or event
+    counts — as one byte each, found in one pass (:func:`stbp.kernels.pack.pack`); else
+    ``None``. A tensor's Spikes carry no origin: a consumer makes a tensor's gradient itself."""
     if isinstance(x, Spikes):
         return x
-    if isinstance(x, Tensor) and x.dtype in (torch.uint8, torch.bool):
-        codes = x.view(torch.uint8) if x.dtype == torch.bool else x
-        return Spikes(codes, dtype)
+    if x.dtype in (torch.uint8, torch.bool):
+        return Spikes(x.view(torch.uint8) if x.dtype == torch.bool else x, dtype)
+    if x.dtype in _WEIGHT_DTYPES and x.device.type == "cpu" and HAVE_NUMBA:
+        codes = pack.pack(x, 1)
+        return None if codes is None else Spikes(codes, x.dtype)
     return None
 
 
-def usable(x: Tensor | Spikes, weight: Tensor) -> bool:
-    """Whether the event-driven path can run (the density is checked by the layer functions)."""
-    spikes = as_spikes(x, weight.dtype)
-    return (HAVE_NUMBA and spikes is not None and spikes.device.type == "cpu"
-            and weight.device.type == "cpu" and weight.dtype in _WEIGHT_DTYPES
-            and spikes.dtype == weight.dtype and spikes.dim() >= 1)
+def _source(x: Tensor | Spikes, spikes: Spikes) -> Tensor | None:
+    """What a consumer's Function takes as its input for the spikes' gradient: their origin's
+    input, or the float tensor they were read from; ``None``: no gradient wanted."""
+    if spikes.requires_grad:
+        spikes.origin.use()
+        return spikes.origin.input
+    if isinstance(x, Tensor) and x.is_floating_point() and x.requires_grad:
+        return x
+    return None
+
+
+def _input_gradient(ctx, term: GradTerm) -> Tensor:
+    """∂L/∂(the Function's input) for the gradient ``term`` on the spikes it read: through
+    their origin, or made densely for a float tensor."""
+    if ctx.origin is not None:
+        return ctx.origin.backward(term)
+    return term.dense(ctx.in_shape, ctx.in_dtype)
 
 
 class LinearTerm(GradTerm):
@@ -97,6 +125,7 @@ class _EventLinear(torch.autograd.Function):
             csr, out = sparse_linear.csr_rows(rows, counts, sparse_linear.sample_order(shape), wt,
                                               base)
         ctx.csr, ctx.origin, ctx.divisor, ctx.tuning = csr, spikes.origin, spikes.divisor, tuning
+        ctx.in_shape, ctx.in_dtype = shape, spikes.dtype
         ctx.has_bias = bias is not None
         ctx.save_for_backward(weight)
         return torch.from_numpy(out.reshape(*shape[:-1], weight.shape[0]))  # not a view
@@ -114,7 +143,7 @@ class _EventLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         if ctx.needs_input_grad[0]:  # ∂L/∂o = ε W, made inside the origin's backward
-            grad_src = ctx.origin.backward(LinearTerm(g, weight))
+            grad_src = _input_gradient(ctx, LinearTerm(g, weight))
         return grad_src, grad_w, grad_b, None, None, None, None
 
 
@@ -132,26 +161,23 @@ def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
     The result has the weight's dtype, also under ``torch.autocast`` (the sums are exact in
     it). Gradients flow to ``weight`` and ``bias``, and for :class:`Spikes` with an origin, to
     that origin (as a :class:`LinearTerm`); a byte tensor has no gradient."""
-    if not usable(x, weight):
+    if not usable(x, weight) or x.numel() == 0:
         return None
-    spikes = as_spikes(x, weight.dtype)
-    if spikes.numel() == 0:
-        return None
-    if weight.dim() != 2 or spikes.shape[-1] != weight.shape[1] or (
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or (
             bias is not None and bias.shape != (weight.shape[0],)):
         raise StbpError(
-            f"linear: input of shape {tuple(spikes.shape)} does not fit a weight of shape "
+            f"linear: input of shape {tuple(x.shape)} does not fit a weight of shape "
             f"{tuple(weight.shape)}" + ("" if bias is None else f" and a bias of shape "
                                         f"{tuple(bias.shape)}"))
+    spikes = as_spikes(x, weight.dtype)
+    if spikes is None:
+        return None
     rows = sparse_linear.byte_rows(spikes.codes)
     counts = sparse_linear.nonzero_counts(rows)
     if counts.sum() > tuning.max_density * rows.size:
         return None
-    if _tracks(spikes, weight, bias):
-        source = None
-        if spikes.requires_grad:
-            spikes.origin.use()
-            source = spikes.origin.input
+    source = _source(x, spikes) if torch.is_grad_enabled() else None
+    if source is not None or _tracks(spikes, weight, bias):
         return _EventLinear.apply(source, weight, bias, spikes, rows, counts, tuning)
     wt, base = _operands(weight, bias, spikes.divisor)
     changes = sparse_linear.change_counts(rows, spikes.shape, counts, tuning)
@@ -171,6 +197,8 @@ class _EventConv2d(torch.autograd.Function):
         # images: the codes as [N, C, H, W]; steps = T > 1: summed over the changes along time
         ctx.padding, ctx.has_bias, ctx.divisor = padding, bias is not None, spikes.divisor
         ctx.steps, ctx.tuning, ctx.origin = steps, tuning, spikes.origin
+        ctx.in_shape = spikes.shape if source is not None and spikes.origin is None else None
+        ctx.in_dtype = spikes.dtype
         ctx.save_for_backward(images, weight)
         return sparse_conv.forward(images, weight, bias, padding, spikes.divisor, steps)
 
@@ -186,7 +214,7 @@ class _EventConv2d(torch.autograd.Function):
             grad_b = g.sum((0, 2, 3))
         if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution, dense
             grad_o = torch.nn.grad.conv2d_input(images.shape, weight, g, 1, ctx.padding)
-            grad_src = ctx.origin.backward(DenseTerm(grad_o))
+            grad_src = _input_gradient(ctx, DenseTerm(grad_o))
         return grad_src, grad_w, grad_b, None, None, None, None, None
 
 
@@ -202,9 +230,11 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
     to the next than they are nonzero, each sample's sums run on over time, adding only the
     changes. Gradients flow to ``weight`` and ``bias`` (summed the same way over the inputs)
     and, for :class:`Spikes` with an origin, to that origin (densely)."""
-    if not usable(x, weight):
+    if not usable(x, weight) or x.dim() not in (4, 5) or x.numel() == 0:
         return None
     spikes = as_spikes(x, weight.dtype)
+    if spikes is None:
+        return None
     if isinstance(x, Spikes):
         if spikes.dim() != 5:
             return None
@@ -227,10 +257,7 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
             rows, torch.Size((steps, images.shape[0] // steps, rows.shape[1])), counts,
             tuning) is None:
         steps = 0
-    if _tracks(spikes, weight, bias):
-        source = None
-        if spikes.requires_grad:
-            spikes.origin.use()
-            source = spikes.origin.input
+    source = _source(x, spikes) if torch.is_grad_enabled() else None
+    if source is not None or _tracks(spikes, weight, bias):
         return _EventConv2d.apply(source, weight, bias, spikes, images, padding, steps, tuning)
     return sparse_conv.forward(images, weight, bias, padding, spikes.divisor, steps)
