@@ -146,7 +146,7 @@ def _default_scales() -> tuple[int, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stbp.config import load_config, resolve_dataset
+    from stbp.config import differences, load_config, resolve_dataset
     from stbp.train import train
 
     overrides = list(args.overrides)
@@ -171,7 +171,7 @@ def _train(args: argparse.Namespace) -> int:
             given = (load_config(args.preset, args.config, overrides, args.dataset)
                      if args.preset or args.config
                      else load_config(config=saved, overrides=overrides, dataset=args.dataset))
-            diffs = _differences(cfg, resolve_dataset(given, args.data_dir))
+            diffs = differences(cfg, resolve_dataset(given, args.data_dir))
             if diffs:
                 raise StbpError(
                     f"--resume: {'; '.join(diffs)} (from {saved}); a resumed run keeps its "
@@ -182,23 +182,13 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         name = args.preset or Path(args.config).stem
-        out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = args.out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(
         cfg, out, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
         limit_eval=args.limit_eval, progress=not args.no_progress, nproc=args.nproc,
     )
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _differences(saved: dict, given: dict) -> list[str]:
-    out = []
-    for table in sorted(set(saved) | set(given)):
-        a, b = saved.get(table, {}), given.get(table, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"{table}.{key} = {b.get(key)!r} differs from the run's {a.get(key)!r}")
-    return out
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -330,9 +320,32 @@ def main(argv: list[str] | None = None) -> int:
     except StbpError as err:
         print(f"stbp: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system: a read-only folder, a full disk, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"stbp: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and not _out_of_memory(err):
+            raise
+        print("stbp: error: out of memory; lower encoding.steps, train.batch_size or "
+              "train.eval_batch_size (the run folder keeps the last finished epoch)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("stbp: interrupted (use --resume to continue a training run)", file=sys.stderr)
+        print("stbp: interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue, where that applies: a training run whose folder holds ``last.pt``."""
+    out = getattr(args, "out", None)
+    if args.command != "train" or not out or not (Path(out) / "last.pt").is_file():
+        return ""
+    return f" (continue with: stbp train --resume --out {out})"
 
 
 if __name__ == "__main__":  # pragma: no cover

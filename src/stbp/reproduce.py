@@ -39,6 +39,7 @@ import torch
 from stbp.config import load_config
 from stbp.errors import StbpError
 from stbp.io import atomic_write
+from stbp.runlock import RunLock
 
 __all__ = ["GROUPS", "Budget", "FULL", "QUICK", "plan", "reproduce", "write_report"]
 
@@ -229,6 +230,12 @@ def reproduce(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StbpError(f"--out {out}: exists and is not a directory")
+    with RunLock(out, what="--out"):  # one reproduce per folder (each run locks its own too)
+        return _reproduce(out, budget, seeds, jobs, data_dir, log)
+
+
+def _reproduce(out: Path, budget: Budget, seeds: list[int], jobs: int,
+               data_dir: str | os.PathLike | None, log) -> Path:
     runs = plan(seeds)
     for run in runs:  # every configuration is valid before anything is trained
         load_config(PRESET, overrides=list(run.overrides))
@@ -243,13 +250,14 @@ def reproduce(
     if (out / MANIFEST).is_file():
         saved_seeds = json.loads((out / MANIFEST).read_text()).get("seeds", [])
     manifest["seeds"] = sorted(set(saved_seeds) | set(seeds))
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     todo = [r for r in runs if not (out / "runs" / r.name / "summary.json").is_file()]
     log(f"stbp reproduce: {len(runs)} runs ({len(_configs())} settings x {len(seeds)} seeds), "
         f"{len(runs) - len(todo)} already done; {budget.describe()}; {jobs} at a time -> {out}")
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
+    # the cores split between the jobs, unless the user set the threads
+    env = {"OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads), **os.environ}
     (out / "logs").mkdir(exist_ok=True)
     failures: list[str] = []
     t0 = time.perf_counter()
