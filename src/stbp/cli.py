@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="the run directory written by `stbp train`")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--data-dir", help="folder holding the dataset files")
-    e.add_argument("--limit-eval", type=int, help="use only the first N val/test images")
+    e.add_argument("--limit-eval", type=int, help="use only the first N val/test images "
+                   "(default: the run's own --limit-eval, as in training; the output says which)")
 
     pl = sub.add_parser("plot", help="figures of a trained run: accuracy curves, surrogate, "
                         "firing rate per layer, spike raster and membrane trace")
@@ -61,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--data-dir", help="folder holding the dataset files")
     pl.add_argument("--sample", type=int, default=0,
                     help="the test sample shown in the raster (default: 0)")
-    pl.add_argument("--limit-eval", type=int, default=1000,
-                    help="firing rates over the first N test samples (default: 1000)")
+    pl.add_argument("--limit-eval", type=int,
+                    help="accuracy and firing rates over the first N test samples (default: the "
+                    "run's own --limit-eval, at most 1000)")
 
     ex = sub.add_parser("export", help="write a trained run's network as a NIR graph (for other "
                         "simulators and neuromorphic chips)")
@@ -74,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                     "snnTorch assumes)")
     ex.add_argument("--approximate", action="store_true",
                     help="write the paper's reset E4 as a reset to zero (NIR has no E4)")
+    ex.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     rp = sub.add_parser(
         "reproduce", help="the paper's analyses on the MNIST MLP (SD vs SD+TD, h1-h4, width, "
@@ -114,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--run", required=True, help="a run directory trained on object/background windows")
     d.add_argument("--out", default="detections", help="output folder (default: detections)")
     d.add_argument("--scenes", metavar="DIR", help="instead of IMAGEs: evaluate on a scene folder "
-                   "with boxes.json (e.g. BENCH/scenes/test) and print the AP at IoU 0.5")
+                   "with boxes.json (e.g. BENCH/scenes/test) and print the AP at IoU 0.5 (ap), "
+                   "and ap_other: the AP with box voting switched the other way (plain NMS, or "
+                   "voting with --no-vote), from the same windows")
     d.add_argument("--checkpoint", default="best", choices=["best", "last"])
     d.add_argument("--scales", default=",".join(map(str, _default_scales())),
                    help="window sides in pixels, comma-separated (default: %(default)s)")
@@ -214,6 +219,8 @@ def _export(args: argparse.Namespace) -> int:
     from stbp.export import DEFAULT_DT, to_nir, write_nir
     from stbp.runs import load_run
 
+    if Path(args.out).exists() and not Path(args.out).is_dir() and not args.force:
+        raise StbpError(f"--out {args.out}: exists; pass --force to overwrite it")
     model, cfg, _, _ = load_run(args.run, args.checkpoint)
     shape = (tuple(dataset_info(cfg["data"]).input) if cfg["model"]["kind"] == "cnn"
              else (cfg["model"]["sizes"][0],))
