@@ -219,9 +219,9 @@ def _export(args: argparse.Namespace) -> int:
     from stbp.export import DEFAULT_DT, to_nir, write_nir
     from stbp.runs import load_run
 
+    model, cfg, _, _ = load_run(args.run, args.checkpoint)
     if Path(args.out).exists() and not Path(args.out).is_dir() and not args.force:
         raise StbpError(f"--out {args.out}: exists; pass --force to overwrite it")
-    model, cfg, _, _ = load_run(args.run, args.checkpoint)
     shape = (tuple(dataset_info(cfg["data"]).input) if cfg["model"]["kind"] == "cnn"
              else (cfg["model"]["sizes"][0],))
     dt = DEFAULT_DT if args.dt is None else args.dt

@@ -337,7 +337,7 @@ def write_nir(graph: Any, path: str | os.PathLike) -> Path:
 
 
 #: the most a NIR file's arrays may hold once read (bytes); stbp's networks need a few MB
-MAX_NIR_BYTES = 4 * 2**30
+MAX_NIR_BYTES = 2**30
 
 
 def _declared_bytes(path: Path) -> tuple[int, str]:
