@@ -331,9 +331,9 @@ def test_the_raster_has_integer_ticks(tmp_path, monkeypatch):
 
     figs = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or Path(path))
-    traced = {"input": (torch.rand(6, 1, 3) > 0.5).float(),
-              "layers": [{"name": "out", "spikes": (torch.rand(6, 1, 3) > 0.5).float(),
-                          "membrane": torch.rand(6, 1, 3)}]}
+    # two output neurons over 4 steps: matplotlib's own ticks would be -0.5, 0, 0.5, ...
+    traced = {"input": torch.ones(4, 1, 3),
+              "layers": [{"name": "out", "spikes": torch.ones(4, 1, 2), "membrane": torch.rand(4, 1, 2)}]}
     plots.raster(traced, tmp_path / "r.png", threshold=1.0)
     rasters, membrane = figs[0].axes[1:-1], figs[0].axes[-1]
     for ticks in [*(ax.get_yticks() for ax in rasters), *(ax.get_xticks() for ax in figs[0].axes[1:])]:
