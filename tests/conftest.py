@@ -1,4 +1,4 @@
-"""Shared fixtures. Real data comes from $STBP_DATA (a root holding mnist/, as ../shared/data)."""
+"""Shared fixtures. Real data comes from $STBP_DATA (a root holding mnist/ with the four IDX files)."""
 
 from __future__ import annotations
 

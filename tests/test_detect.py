@@ -120,7 +120,7 @@ def test_cli_detect_writes_json_and_png(snn_run, bench, tmp_path, capsys):
     boxes = np.array([d["box"] for d in dets])
     assert (boxes >= 0).all() and (boxes <= 96).all()
     with Image.open(out / "00000.png") as img:
-        assert img.size == (96, 96) and img.mode == "RGB"
+        assert img.size == (480, 480) and img.mode == "RGB"  # enlarged 5x to be readable
     # --scenes evaluates instead
     assert main(["detect", "--run", str(snn_run), "--scenes", str(bench / "scenes" / "test")]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -218,5 +218,5 @@ def test_rgb_detector_writes_outputs(tmp_path):
     [record] = write_detections(detector, [tmp_path / "scene.jpg"], tmp_path / "out", min_score=0.0)
     assert record["width"] == 50 and record["height"] == 40
     with Image.open(tmp_path / "out" / "scene.png") as img:
-        assert img.size == (50, 40)
+        assert img.size == (600, 480)  # 12x: the shorter side at least 480 px
         assert img.mode == "RGB"

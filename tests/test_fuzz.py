@@ -1,10 +1,14 @@
-"""Fuzzing the parsers of external files: configs (TOML), checkpoints, images and scene boxes."""
+"""Fuzzing the parsers of external files: configs (TOML), checkpoints (bytes, bit flips, crafted
+pickles), IDX headers, the N-MNIST frame cache, NIR files, images and scene boxes."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import string
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +21,9 @@ from stbp.train import load_checkpoint
 
 values = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 1000), st.floats(allow_nan=True),
-    st.text(max_size=8), st.lists(st.integers(-3, 900), max_size=4),
+    st.sampled_from([math.nan, math.inf, -math.inf, 2**63, 2**64, 10**20, -(2**64), 2**63 - 1]),
+    st.integers(-(2**80), 2**80), st.text(max_size=8),
+    st.lists(st.one_of(st.integers(-3, 900), st.integers(2**62, 2**70)), max_size=4),
 )
 tables = st.dictionaries(
     st.sampled_from([*SCHEMA, "junk"]),
@@ -35,6 +41,34 @@ def test_fuzz_config_tables(cfg):
     except StbpError:
         return
     assert set(out) == set(SCHEMA)
+    _assert_sane(out)
+
+
+def _assert_sane(value):
+    """What validation lets through: finite numbers, integers within 64 bits."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _assert_sane(v)
+    elif isinstance(value, list):
+        for v in value:
+            _assert_sane(v)
+    elif isinstance(value, float):
+        assert math.isfinite(value), value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        assert -(2**63) < value < 2**63, value
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["train.seed", "train.lr", "data.shift", "encoding.steps", "neuron.decay",
+                        "neuron.threshold", "train.batch_size", "model.sizes", "train.momentum"]),
+       st.sampled_from(["nan", "inf", "-inf", "+inf", str(2**63), str(2**64), "1e400", "10" * 12,
+                        "[784, 18446744073709551616, 10]", "[784, nan, 10]", "-0.0", "1e-400"]))
+def test_fuzz_overrides_with_nan_inf_and_huge_integers(key, value):
+    try:
+        cfg = load_config("mnist-mlp", overrides=[f"{key}={value}"])
+    except StbpError:
+        return
+    _assert_sane(cfg)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,6 +106,124 @@ def test_fuzz_checkpoint_bitflips(tmp_path, pos, byte):
     except StbpError:
         return
     assert ckpt["format"] == "stbp-checkpoint-v1"
+
+
+_MARKER_PAYLOADS = [
+    lambda m: (Path.write_text, (m, "ran")),
+    lambda m: (os.system, (f"touch {m}",)),
+    lambda m: (eval, (f"open({str(m)!r}, 'w').close()",)),
+    lambda m: (exec, (f"open({str(m)!r}, 'w').close()",)),
+]
+
+
+@pytest.mark.parametrize("payload", range(len(_MARKER_PAYLOADS)))
+@pytest.mark.parametrize("where", ["top", "config", "model"])
+def test_a_crafted_checkpoint_payload_never_runs(tmp_path, payload, where):
+    """A checkpoint whose pickle would write a marker file when unpickled: with weights_only=True
+    it is refused and the marker never appears (a regression to weights_only=False fails here)."""
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return _MARKER_PAYLOADS[payload](marker)
+
+    ckpt = {"format": "stbp-checkpoint-v1", "config": {}, "model": {"w": torch.ones(2)}, "epoch": 1}
+    if where == "top":
+        ckpt["extra"] = Payload()
+    elif where == "config":
+        ckpt["config"] = {"train": Payload()}
+    else:
+        ckpt["model"]["w"] = Payload()
+    path = tmp_path / "best.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(StbpError):
+        load_checkpoint(path)
+    from stbp.runs import load_run
+
+    with pytest.raises(StbpError):
+        load_run(tmp_path)
+    assert not marker.exists()
+
+
+# ---- IDX headers (stbp.data.idx.parse_idx), the frame cache, NIR files
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.lists(st.integers(0, 2**32 - 1), min_size=6, max_size=6),
+       st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]), st.binary(max_size=64))
+def test_fuzz_idx_headers_with_huge_dims(ndim, dims, code, body):
+    from stbp.data.idx import parse_idx
+
+    data = bytes([0, 0, code, ndim]) + b"".join(d.to_bytes(4, "big") for d in dims[:ndim]) + body
+    try:
+        arr = parse_idx(data)
+    except StbpError:
+        return
+    assert arr.shape == tuple(dims[:ndim]) and arr.nbytes == len(body)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_fuzz_frame_cache_files(tmp_path, data):
+    import numpy as np
+
+    from stbp.data.framecache import read_frame_cache
+
+    path = tmp_path / "c.npz"
+    path.write_bytes(data)
+    got = read_frame_cache(path, "k", np.zeros(2, np.int64), 3, 1)
+    assert got is None or got.shape == (2, 3)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["file", "missing-parent", "dir"]), st.integers(1, 4))
+def test_fuzz_frame_cache_in_unwritable_places(tmp_path, where, rows):
+    import numpy as np
+
+    from stbp.data.framecache import read_frame_cache, write_frame_cache
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir.npz").mkdir(exist_ok=True)
+    path = {"file": tmp_path / "file" / "c.npz", "missing-parent": tmp_path / "file" / "a" / "c.npz",
+            "dir": tmp_path / "dir.npz"}[where]
+    frames, labels = np.zeros((rows, 3), np.uint8), np.zeros(rows, np.int64)
+    write_frame_cache(path, "k", frames, labels, 1)  # a warning, never an exception
+    assert read_frame_cache(path, "k", labels, 3, 1) is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_fuzz_nir_bytes(tmp_path, data):
+    from stbp.export import read_nir
+
+    f = tmp_path / "x.nir"
+    f.write_bytes(data)
+    with pytest.raises(StbpError):
+        read_nir(f)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(1, 2**31), min_size=1, max_size=4), st.sampled_from(["f4", "f8", "i8"]))
+def test_fuzz_nir_declared_shapes(tmp_path, shape, dtype):
+    """An HDF5 file may declare any shape in a few bytes: read_nir reads it only if it fits."""
+    import h5py
+
+    from stbp.export import from_nir, read_nir
+
+    limit = 2**24  # 16 MiB: what fits is read (quickly), the rest refused unread
+
+    f = tmp_path / "x.nir"
+    with h5py.File(f, "w") as h:
+        h.create_group("node/nodes/0").create_dataset(
+            "weight", shape=tuple(shape), dtype=dtype, chunks=tuple(min(s, 16) for s in shape))
+    size = math.prod(shape) * (4 if dtype == "f4" else 8)
+    try:
+        graph = read_nir(f, max_bytes=limit)
+    except StbpError as err:
+        assert (size > limit) == ("more than the 16 MiB allowed" in str(err)), (size, str(err))
+        return
+    assert size <= limit
+    with pytest.raises(StbpError):
+        from_nir(graph)
 
 
 # ---- images (stbp.data.folder.read_image) and scene ground truth (stbp.data.scenes.load_scenes)

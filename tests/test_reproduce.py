@@ -76,8 +76,8 @@ def test_reproduce_trains_reports_and_resumes(small_grid, mnist_dir, tmp_path, c
     (["--seeds", "-1"], "--seeds must be integers >= 0"),
     (["--seeds", "1", "1"], "--seeds has repeats"),
     (["--jobs", "0"], "--jobs must be an integer >= 1"),
-    (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--limit-train", "0"], "--limit-train must be >= 1"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--limit-train", "0"], "--limit-train must be an integer >= 1"),
 ])
 def test_bad_options(argv, message, tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "r"), *argv]) == 2

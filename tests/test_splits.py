@@ -23,7 +23,7 @@ def nmnist_small() -> Path:
     folder = Path(root) / "nmnist-small" if root else None
     if folder is None or not (folder / "Train").is_dir() or not (folder / "Test").is_dir():
         pytest.skip("the real N-MNIST subset is absent: set STBP_DATA to a folder holding "
-                    "nmnist-small/Train and nmnist-small/Test (see ../shared/data/README.md)")
+                    "nmnist-small/Train and nmnist-small/Test, recordings in N-MNIST's layout")
     return folder
 
 

@@ -15,11 +15,14 @@ from typing import Any
 
 from stbp.errors import StbpError
 
-__all__ = ["Check", "expect", "positive_int", "nonneg_int", "number", "positive_number",
+__all__ = ["Check", "INT_MAX", "expect", "positive_int", "nonneg_int", "number", "positive_number",
            "nonneg_number", "int_list", "one_of", "boolean", "string", "string_list",
            "count_or_fraction", "number_in", "require_positive_int"]
 
 Check = Callable[[Any], bool]
+
+#: the largest integer a setting may hold: what fits a signed 64-bit integer (torch, numpy)
+INT_MAX = 2**63 - 1
 
 
 def expect(doc: str) -> Callable[[Check], Check]:
@@ -32,19 +35,21 @@ def expect(doc: str) -> Callable[[Check], Check]:
     return wrap
 
 
-@expect("an integer > 0")
+@expect("an integer > 0 (below 2**63)")
 def positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX
 
 
-@expect("an integer >= 0")
+@expect("an integer >= 0 (below 2**63)")
 def nonneg_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT_MAX
 
 
 @expect("a finite number")
 def number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -INT_MAX <= v <= INT_MAX  # an integer beyond 64 bits is no float either
+    return isinstance(v, float) and math.isfinite(v)
 
 
 @expect("a number > 0")
@@ -57,7 +62,7 @@ def nonneg_number(v: Any) -> bool:
     return number(v) and v >= 0
 
 
-@expect("a non-empty list of integers > 0")
+@expect("a non-empty list of integers > 0 (below 2**63)")
 def int_list(v: Any) -> bool:
     return isinstance(v, list) and len(v) >= 1 and all(positive_int(x) for x in v)
 
@@ -112,6 +117,6 @@ def number_in(low: float, high: float, *, low_open: bool = False, high_open: boo
 def require_positive_int(value: Any, name: str) -> int:
     """``value`` as an ``int`` if it is an integer >= 1 (numpy integers too); else a StbpError
     naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= INT_MAX:
         raise StbpError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="the run directory written by `stbp train`")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--data-dir", help="folder holding the dataset files")
-    e.add_argument("--limit-eval", type=int, help="use only the first N val/test images")
+    e.add_argument("--limit-eval", type=int, help="use only the first N val/test images "
+                   "(default: the run's own --limit-eval, as in training; the output says which)")
 
     pl = sub.add_parser("plot", help="figures of a trained run: accuracy curves, surrogate, "
                         "firing rate per layer, spike raster and membrane trace")
@@ -61,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--data-dir", help="folder holding the dataset files")
     pl.add_argument("--sample", type=int, default=0,
                     help="the test sample shown in the raster (default: 0)")
-    pl.add_argument("--limit-eval", type=int, default=1000,
-                    help="firing rates over the first N test samples (default: 1000)")
+    pl.add_argument("--limit-eval", type=int,
+                    help="accuracy and firing rates over the first N test samples (default: the "
+                    "run's own --limit-eval, at most 1000)")
 
     ex = sub.add_parser("export", help="write a trained run's network as a NIR graph (for other "
                         "simulators and neuromorphic chips)")
@@ -74,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                     "snnTorch assumes)")
     ex.add_argument("--approximate", action="store_true",
                     help="write the paper's reset E4 as a reset to zero (NIR has no E4)")
+    ex.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     rp = sub.add_parser(
         "reproduce", help="the paper's analyses on the MNIST MLP (SD vs SD+TD, h1-h4, width, "
@@ -114,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--run", required=True, help="a run directory trained on object/background windows")
     d.add_argument("--out", default="detections", help="output folder (default: detections)")
     d.add_argument("--scenes", metavar="DIR", help="instead of IMAGEs: evaluate on a scene folder "
-                   "with boxes.json (e.g. BENCH/scenes/test) and print the AP at IoU 0.5")
+                   "with boxes.json (e.g. BENCH/scenes/test) and print the AP at IoU 0.5 (ap), "
+                   "and ap_other: the AP with box voting switched the other way (plain NMS, or "
+                   "voting with --no-vote), from the same windows")
     d.add_argument("--checkpoint", default="best", choices=["best", "last"])
     d.add_argument("--scales", default=",".join(map(str, _default_scales())),
                    help="window sides in pixels, comma-separated (default: %(default)s)")
@@ -146,7 +151,7 @@ def _default_scales() -> tuple[int, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from stbp.config import load_config, resolve_dataset
+    from stbp.config import differences, load_config, resolve_dataset
     from stbp.train import train
 
     overrides = list(args.overrides)
@@ -171,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
             given = (load_config(args.preset, args.config, overrides, args.dataset)
                      if args.preset or args.config
                      else load_config(config=saved, overrides=overrides, dataset=args.dataset))
-            diffs = _differences(cfg, resolve_dataset(given, args.data_dir))
+            diffs = differences(cfg, resolve_dataset(given, args.data_dir))
             if diffs:
                 raise StbpError(
                     f"--resume: {'; '.join(diffs)} (from {saved}); a resumed run keeps its "
@@ -182,23 +187,13 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         name = args.preset or Path(args.config).stem
-        out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = args.out = f"runs/{name}-seed{cfg['train']['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(
         cfg, out, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
         limit_eval=args.limit_eval, progress=not args.no_progress, nproc=args.nproc,
     )
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _differences(saved: dict, given: dict) -> list[str]:
-    out = []
-    for table in sorted(set(saved) | set(given)):
-        a, b = saved.get(table, {}), given.get(table, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"{table}.{key} = {b.get(key)!r} differs from the run's {a.get(key)!r}")
-    return out
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -225,6 +220,8 @@ def _export(args: argparse.Namespace) -> int:
     from stbp.runs import load_run
 
     model, cfg, _, _ = load_run(args.run, args.checkpoint)
+    if Path(args.out).exists() and not Path(args.out).is_dir() and not args.force:
+        raise StbpError(f"--out {args.out}: exists; pass --force to overwrite it")
     shape = (tuple(dataset_info(cfg["data"]).input) if cfg["model"]["kind"] == "cnn"
              else (cfg["model"]["sizes"][0],))
     dt = DEFAULT_DT if args.dt is None else args.dt
@@ -330,9 +327,32 @@ def main(argv: list[str] | None = None) -> int:
     except StbpError as err:
         print(f"stbp: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system: a read-only folder, a full disk, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"stbp: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and not _out_of_memory(err):
+            raise
+        print("stbp: error: out of memory; lower encoding.steps, train.batch_size or "
+              "train.eval_batch_size (the run folder keeps the last finished epoch)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("stbp: interrupted (use --resume to continue a training run)", file=sys.stderr)
+        print("stbp: interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue, where that applies: a training run whose folder holds ``last.pt``."""
+    out = getattr(args, "out", None)
+    if args.command != "train" or not out or not (Path(out) / "last.pt").is_file():
+        return ""
+    return f" (continue with: stbp train --resume --out {out})"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ from stbp.functional.lif import BACKENDS, RESETS
 from stbp.functional.surrogate import SURROGATES, get_surrogate
 
 __all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override",
-           "dataset_info", "with_dataset", "resolve_dataset", "validate"]
+           "dataset_info", "with_dataset", "resolve_dataset", "validate", "differences"]
 
 
 def _surrogate_name(v: Any) -> bool:
@@ -234,6 +234,11 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
             f"{ds.train_size} {data['dataset']} training images"
         )
     c, h, w = ds.input
+    if data.get("shift", 0) >= min(h, w):
+        raise StbpError(
+            f"config {source}: [data] shift = {data['shift']} must be smaller than the {h}x{w} "
+            f"{data['dataset']} images (a random shift of up to that many pixels)"
+        )
     if kind == "mlp":
         sizes = model.get("sizes")
         if sizes is None or len(sizes) < 2:
@@ -333,6 +338,17 @@ def resolve_dataset(cfg: dict[str, Any], data_dir: str | os.PathLike | None = No
         return cfg
     changed = ", ".join(f"{k} = {resolved[k]!r}" for k in resolved if resolved[k] != data.get(k))
     return validate({**cfg, "data": resolved}, f"[data] {changed}")
+
+
+def differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """``"table.key = given differs from the run's saved"`` for every setting that differs."""
+    out = []
+    for table in sorted(set(saved) | set(given)):
+        a, b = saved.get(table, {}), given.get(table, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{table}.{key} = {b.get(key)!r} differs from the run's {a.get(key)!r}")
+    return out
 
 
 def load_config(

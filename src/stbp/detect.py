@@ -265,20 +265,54 @@ class Detector:
                 for i in order if scores[i] >= min_score]
 
 
+#: an annotated image's shorter side is drawn at least this many pixels (nearest-neighbour)
+ANNOTATE_MIN_SIDE = 480
+
+
+def label_places(boxes: list[tuple[int, int, int, int]], size: tuple[int, int],
+                 bounds: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Where each box's label (``size`` = width, height in pixels) goes: above the box's top-left
+    corner (inside it when there is no room above), moved down past every label placed before
+    so that no two overlap; within ``bounds`` (width, height) where possible."""
+    w, h = size
+    placed: list[tuple[int, int, int, int]] = []
+    for x0, y0, _, _ in boxes:
+        x = min(max(x0, 0), max(bounds[0] - w, 0))
+        y = y0 - h if y0 - h >= 0 else y0
+        while any(x < px1 and px0 < x + w and y < py1 and py0 < y + h
+                  for px0, py0, px1, py1 in placed):
+            y += h
+        placed.append((x, y, x + w, y + h))
+    return placed
+
+
 def annotate(image: np.ndarray, detections: list[Detection]) -> bytes:
-    """A PNG (bytes) of the image with each detection drawn as a red box with its score."""
+    """A PNG (bytes) of the image, enlarged to a readable size (shorter side at least
+    :data:`ANNOTATE_MIN_SIDE`), with each detection drawn as a red box and its score on a dark
+    label that overlaps no other label."""
     import io
 
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     arr = np.asarray(image)
     arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
     img = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+    k = max(1, -(-ANNOTATE_MIN_SIDE // max(1, min(img.size))))
+    img = img.resize((img.width * k, img.height * k), Image.NEAREST)
     draw = ImageDraw.Draw(img)
-    for d in detections:
-        x0, y0, x1, y1 = d.box
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40))
-        draw.text((x0 + 1, y0), f"{d.score:.2f}", fill=(255, 255, 0))
+    font = ImageFont.load_default(size=max(12, min(img.size) // 32))
+    texts = [f"{d.label} {d.score:.2f}" if d.label not in ("object",) else f"{d.score:.2f}"
+             for d in detections]
+    width = max((int(draw.textlength(t, font=font)) for t in texts), default=0) + 6
+    height = int(font.getbbox("0.9")[3]) + 6
+    boxes = [tuple(v * k for v in d.box) for d in detections]
+    line = max(2, k // 2)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40), width=line)
+    for (lx0, ly0, lx1, ly1), text in zip(label_places(boxes, (width, height), img.size), texts,
+                                          strict=True):
+        draw.rectangle([lx0, ly0, lx1 - 1, ly1 - 1], fill=(40, 0, 0))
+        draw.text((lx0 + 3, ly0 + 2), text, fill=(255, 255, 0), font=font)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -13,7 +13,11 @@ Two ways in: ``stbp train --nproc N`` spawns N local processes, or an external l
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Group", "current", "launch"]
+__all__ = ["Group", "current", "launch", "die_with_parent"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, threads: int, fn: Callable, kwargs: dict) -> None:
+def die_with_parent(parent: int) -> None:
+    """End this process when its parent ``parent`` ends (a killed ``--nproc`` launcher must not
+    leave workers writing its run folder): the kernel's parent-death signal on Linux, and a
+    watcher thread everywhere (it also covers a parent that died before the signal was set)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread alone
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="stbp-parent-watch", daemon=True).start()
+
+
+def _entry(rank: int, world: int, port: int, threads: int, fn: Callable, kwargs: dict,
+           parent: int | None = None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world))
     torch.set_num_threads(threads)
@@ -83,10 +114,12 @@ def _entry(rank: int, world: int, port: int, threads: int, fn: Callable, kwargs:
 def launch(nproc: int, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     """Run ``fn(**kwargs)`` in ``nproc`` local processes joined in one gloo group.
 
-    The CPU threads are split between them. An error in any process is raised here.
+    The CPU threads are split between them. An error in any process is raised here; the
+    processes end with this one, however it ends (:func:`die_with_parent`).
     """
     import torch.multiprocessing as mp
 
     threads = max(1, torch.get_num_threads() // nproc)
-    mp.start_processes(_entry, args=(nproc, _free_port(), threads, fn, kwargs), nprocs=nproc,
+    mp.start_processes(_entry, args=(nproc, _free_port(), threads, fn, kwargs, os.getpid()),
+                       nprocs=nproc,
                        join=True, start_method="spawn")

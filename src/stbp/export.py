@@ -33,6 +33,7 @@ What NIR cannot express (:func:`to_nir` says so, or approximates only when asked
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -335,12 +336,51 @@ def write_nir(graph: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_nir(path: str | os.PathLike) -> Any:
-    """Read a NIR file, with one clear error for a missing, unreadable or malformed file."""
+#: the most a NIR file's arrays may hold once read (bytes); stbp's networks need a few MB
+MAX_NIR_BYTES = 2**30
+
+
+def _declared_bytes(path: Path) -> tuple[int, str]:
+    """The bytes the arrays of HDF5 file ``path`` declare (read from their headers, nothing
+    loaded) and the largest one's name and shape."""
+    import h5py
+
+    total, largest = 0, (0, "")
+
+    def visit(name: str, obj: Any) -> None:
+        nonlocal total, largest
+        if isinstance(obj, h5py.Dataset):
+            n = math.prod(obj.shape or ()) * max(obj.dtype.itemsize, 1)
+            total += n
+            largest = max(largest, (n, f"{name} {list(obj.shape)}"))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return total, largest[1]
+
+
+def read_nir(path: str | os.PathLike, *, max_bytes: int = MAX_NIR_BYTES) -> Any:
+    """Read a NIR file, with one clear error for a missing, unreadable or malformed file, or one
+    whose arrays would exceed ``max_bytes`` (or the memory available) once read: the sizes are
+    checked from the file's headers first, so a small compressed file declaring a 50000×50000
+    weight is refused without reading it."""
+    from stbp import budget
+
     nir = _nir()
     path = Path(path)
     if not path.is_file():
         raise StbpError(f"NIR file {path}: no such file")
+    try:
+        declared, largest = _declared_bytes(path)
+    except Exception as err:  # noqa: BLE001 - h5py raises many types for a bad file
+        raise StbpError(f"NIR file {path}: not a readable NIR graph ({err.__class__.__name__}: "
+                        f"{str(err)[:200]})") from None
+    have = budget.available_bytes()
+    limit = min(max_bytes, have // 2) if have is not None else max_bytes
+    if declared > limit:
+        raise StbpError(f"NIR file {path}: its arrays would take {budget.gib(declared)} in memory "
+                        f"(the largest: {largest}), more than the {budget.gib(limit)} allowed; "
+                        "refusing to read it (read_nir(..., max_bytes=...) raises the limit)")
     try:
         return nir.read(path)
     except Exception as err:  # noqa: BLE001 - h5py/nir raise many types for a bad file

@@ -2,6 +2,10 @@
 disk (fsync), then renamed over it. If anything fails on the way the ``.part`` file is removed
 and the target is left as it was; a reader never sees half a file.
 
+A failure of the file system (a read-only folder, a full disk) is raised as one
+:class:`~stbp.errors.StbpError` naming the file and the OS error (``cannot write PATH (No space
+left on device)``) — also when it reaches us wrapped, as torch.save's ``RuntimeError``.
+
 Used for run folders (config, metrics, summary, checkpoints), figures, reports and detections.
 """
 
@@ -13,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_save"]
+from stbp.errors import StbpError
+
+__all__ = ["atomic_open", "atomic_write", "atomic_save", "os_error"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -45,8 +51,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as err:
+        cause = os_error(err)
+        if cause is None or isinstance(err, StbpError):
+            raise
+        raise StbpError(f"cannot write {path} ({cause.strerror or cause})") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # pragma: no cover - a folder that lets us write but not remove
+            pass
+
+
+def os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err`` (itself, or what it was raised from or during), if any."""
+    for _ in range(8):
+        if err is None or isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -161,6 +161,8 @@ def raster(
     ``None`` draws no threshold line (a non-spiking network).
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     x = traced["input"][:, sample].float()
     steps = x.shape[0]
     layers = traced["layers"]
@@ -186,6 +188,8 @@ def raster(
         rate = float(fired.float().mean())
         shown = "neuron" if i == len(rows) - 1 else f"active ({len(keep)} of {fired.shape[1]})"
         ax.set_ylabel(shown, fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # neurons are counted
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps too
         ax.set_title(f"{name}: {int(fired.sum())} spikes, rate {rate:.3f}", fontsize=9)
     out = layers[-1]
     mem = out["membrane"][:, sample].flatten(1)
@@ -199,6 +203,7 @@ def raster(
     if threshold is not None:
         ax.axhline(threshold, color="r", ls="--", lw=1, label="V_th")
     ax.set_xlim(0.5, steps + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("time step t")
     ax.set_ylabel("u^t", fontsize=8)
     ax.set_title(f"{out['name']}: membrane potential of the output neurons", fontsize=9)
@@ -214,6 +219,21 @@ def output_neuron(model: Any) -> Any:
     return lifs[-1].params if lifs else None
 
 
+#: test samples ``stbp plot`` evaluates by default at most (firing rates, accuracy)
+PLOT_SAMPLES = 1000
+
+
+def _plot_limit(run_dir: Path, ckpt: dict[str, Any], given: int | None) -> tuple[int, str]:
+    """:func:`stbp.runs.limit_rule`, at most :data:`PLOT_SAMPLES` unless ``--limit-eval`` is given."""
+    from stbp.runs import limit_rule, saved_limit_eval
+
+    limit, rule = limit_rule(given, saved_limit_eval(run_dir, ckpt))
+    if given is None and (limit is None or limit > PLOT_SAMPLES):
+        return PLOT_SAMPLES, (f"the first {PLOT_SAMPLES} test samples ({rule}; at most "
+                              f"{PLOT_SAMPLES} for the figures)")
+    return limit, rule
+
+
 def plot_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -221,10 +241,12 @@ def plot_run(
     data_dir: str | os.PathLike | None = None,
     checkpoint: str = "best",
     sample: int = 0,
-    limit_eval: int | None = 1000,
+    limit_eval: int | None = None,
 ) -> dict[str, Any]:
     """Figures of one run: accuracy curves, its surrogate, firing rate per layer (on the first
-    ``limit_eval`` test samples), a raster and membrane trace of test sample ``sample``.
+    ``limit_eval`` test samples: by default the run's own ``--limit-eval``, as ``stbp eval``
+    does — :func:`stbp.runs.limit_rule` — at most :data:`PLOT_SAMPLES`), a raster and membrane
+    trace of test sample ``sample``.
 
     Writes ``curves.png``, ``surrogate.png``, ``rates.png``, ``raster.png`` under ``out``
     (default ``RUN_DIR/plots``) and returns their paths and the firing statistics.
@@ -240,6 +262,7 @@ def plot_run(
     if sample < 0:
         raise StbpError(f"--sample must be >= 0, got {sample}")
     model, cfg, ckpt, data_dir = load_run(run_dir, checkpoint, data_dir)
+    limit_eval, rule = _plot_limit(run_dir, ckpt, limit_eval)
     history = read_history(run_dir)
     test = load_splits(cfg, data_dir)[0]["test"]
     if sample >= len(test):
@@ -294,4 +317,5 @@ def plot_run(
         traced, out / "raster.png", threshold=None if neuron is None else neuron.threshold,
         label=lab,
         title=f"{name}: test sample {sample} (label {lab}, predicted {pred})"))
-    return {"figures": paths, "test_acc": acc, "firing": firing}
+    return {"figures": paths, "test_acc": round(acc, 2), "limit_eval": limit_eval,
+            "evaluated_on": rule, "firing": firing}

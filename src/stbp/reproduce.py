@@ -36,11 +36,13 @@ from typing import Any
 
 import torch
 
+from stbp.checks import require_positive_int
 from stbp.config import load_config
 from stbp.errors import StbpError
 from stbp.io import atomic_write
+from stbp.runlock import RunLock
 
-__all__ = ["GROUPS", "Budget", "FULL", "QUICK", "plan", "reproduce", "write_report"]
+__all__ = ["GROUPS", "Budget", "FULL", "QUICK", "plan", "child_env", "reproduce", "write_report"]
 
 PRESET = "mnist-mlp"
 MANIFEST = "reproduce.json"
@@ -199,6 +201,13 @@ def _train_command(run: Run, budget: Budget, run_dir: Path, data_dir: str | None
     return cmd
 
 
+def child_env(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The training processes' environment: the cores split between ``jobs`` unless the user
+    set ``OMP_NUM_THREADS``/``NUMBA_NUM_THREADS``."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads, **(environ or os.environ)}
+
+
 def reproduce(
     out: str | os.PathLike,
     *,
@@ -210,46 +219,44 @@ def reproduce(
 ) -> Path:
     """Train every run of :func:`plan` that is not finished in ``out``, then write the report.
 
-    ``jobs`` runs train side by side, each in its own process with ``cores // jobs`` threads.
-    Returns the report's path.
+    ``jobs`` runs train side by side, each in its own process with ``cores // jobs`` threads
+    (:func:`child_env`); ``out`` is locked meanwhile (:mod:`stbp.runlock`). Returns the report.
     """
     seeds = [0, 1, 2] if seeds is None else list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise StbpError(f"--seeds must be integers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise StbpError(f"--seeds has repeats: {seeds}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise StbpError(f"--jobs must be an integer >= 1, got {jobs!r}")
-    if budget.epochs < 1:
-        raise StbpError(f"--epochs must be >= 1, got {budget.epochs}")
-    for name in ("limit_train", "limit_eval"):
-        value = getattr(budget, name)
-        if value is not None and value < 1:
-            raise StbpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    require_positive_int(jobs, "--jobs")
+    for name in ("epochs", "limit_train", "limit_eval"):
+        if getattr(budget, name) is not None:
+            require_positive_int(getattr(budget, name), f"--{name.replace('_', '-')}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StbpError(f"--out {out}: exists and is not a directory")
+    with RunLock(out, what="--out"):  # one reproduce per folder (each run locks its own too)
+        return _reproduce(out, budget, seeds, jobs, data_dir, log)
+
+
+def _reproduce(out: Path, budget: Budget, seeds: list[int], jobs: int, data_dir: Any, log) -> Path:
     runs = plan(seeds)
     for run in runs:  # every configuration is valid before anything is trained
         load_config(PRESET, overrides=list(run.overrides))
     from stbp.data.splits import load_splits
-
     load_splits(load_config(PRESET), data_dir)  # the data is there (or fetched) before training
     manifest = {"preset": PRESET, "epochs": budget.epochs, "limit_train": budget.limit_train,
                 "limit_eval": budget.limit_eval}
     _check_manifest(out, manifest)
-    out.mkdir(parents=True, exist_ok=True)
     saved_seeds: list[int] = []
     if (out / MANIFEST).is_file():
         saved_seeds = json.loads((out / MANIFEST).read_text()).get("seeds", [])
     manifest["seeds"] = sorted(set(saved_seeds) | set(seeds))
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     todo = [r for r in runs if not (out / "runs" / r.name / "summary.json").is_file()]
     log(f"stbp reproduce: {len(runs)} runs ({len(_configs())} settings x {len(seeds)} seeds), "
         f"{len(runs) - len(todo)} already done; {budget.describe()}; {jobs} at a time -> {out}")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
+    env = child_env(jobs)
     (out / "logs").mkdir(exist_ok=True)
     failures: list[str] = []
     t0 = time.perf_counter()

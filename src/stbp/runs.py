@@ -9,24 +9,40 @@ optimizer, scheduler and history needed to resume; see :mod:`stbp.train`).
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from stbp import seeds
+from stbp import budget, seeds
 from stbp.config import dataset_info, validate
-from stbp.data.splits import Split
+from stbp.data.splits import Split, load_splits
 from stbp.errors import StbpError
 from stbp.loss import predict
 from stbp.models import SpikingNet, build
 
-__all__ = ["CHECKPOINT_FORMAT", "build_model", "autocast", "resolve_device", "evaluate",
-           "load_checkpoint", "model_from_checkpoint", "load_run"]
+__all__ = ["CHECKPOINT_FORMAT", "build_model", "model_shapes", "autocast", "resolve_device",
+           "evaluate", "load_checkpoint", "model_from_checkpoint", "load_run", "eval_run",
+           "saved_limit_eval", "strict_json"]
 
 CHECKPOINT_FORMAT = "stbp-checkpoint-v1"
+#: a checkpoint may unpack to at most twice its size plus this (stbp stores tensors uncompressed)
+UNPACK_SLACK = 64 * 2**20
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) as None: strict JSON (RFC 8259)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def build_model(cfg: dict[str, Any]) -> SpikingNet:
@@ -40,6 +56,14 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
     if kind == "cnn":
         model.update(in_channels=ds.input[0], image_size=ds.input[1], classes=ds.classes)
     return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
+
+
+def model_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The parameter names and shapes of :func:`build_model` ``(cfg)``, from a model built on
+    the ``meta`` device: nothing is allocated, however large the config says it is."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def autocast(precision: str, device: torch.device | str = "cpu"):
@@ -97,6 +121,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise StbpError(f"checkpoint {path}: no such file")
+    _check_unpacked_size(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
@@ -109,8 +134,46 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a checkpoint (a zip archive) whose entries unpack to far more than the file: a
+    few compressed megabytes must not become gigabytes in memory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            entries = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip (the legacy format holds its bytes as they are): torch.load judges
+    size = path.stat().st_size
+    unpacked = sum(e.file_size for e in entries)
+    packed = sum(1 for e in entries if e.compress_type != zipfile.ZIP_STORED)
+    have = budget.available_bytes()
+    if unpacked > 2 * size + UNPACK_SLACK or (have is not None and unpacked > have):
+        raise StbpError(
+            f"checkpoint {path}: its {len(entries)} entries ({packed} compressed) unpack to "
+            f"{budget.gib(unpacked)} from a {budget.gib(size)} file; stbp writes checkpoints "
+            "uncompressed — refusing a file that could exhaust memory")
+
+
+def _check_weights(ckpt: dict[str, Any], cfg: dict[str, Any], path: Path) -> None:
+    """The stored tensors must be exactly the parameters the saved config describes (checked
+    before the network is built: a config claiming 10^11 neurons builds nothing)."""
+    stored = ckpt["model"]
+    if not isinstance(stored, dict) or not all(isinstance(v, Tensor) for v in stored.values()):
+        raise StbpError(f"checkpoint {path}: 'model' is not a table of tensors")
+    expected = model_shapes(cfg)
+    for key in sorted(set(expected) | set(stored)):
+        want = expected.get(key)
+        have = tuple(stored[key].shape) if key in stored else None
+        if want != have:
+            raise StbpError(
+                f"checkpoint {path}: weights do not fit the saved config: {key} is "
+                + (f"stored as {list(have)}" if have is not None else "missing")
+                + (f", the config's network needs {list(want)}" if want is not None
+                   else ", which the config's network does not have"))
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[SpikingNet, dict]:
     cfg = validate(ckpt["config"], f"{path} (saved config)")
+    _check_weights(ckpt, cfg, path)
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])
@@ -137,3 +200,65 @@ def load_run(
     if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
         data_dir = saved  # the data the run was trained on
     return model, cfg, ckpt, data_dir
+
+
+def saved_limit_eval(run_dir: str | os.PathLike, ckpt: dict[str, Any] | None = None) -> int | None:
+    """The ``--limit-eval`` a run was trained with (from its checkpoint, else ``last.pt``)."""
+    limits = (ckpt or {}).get("limits")
+    if not isinstance(limits, dict) and (Path(run_dir) / "last.pt").is_file():
+        limits = load_checkpoint(Path(run_dir) / "last.pt").get("limits")
+    value = limits.get("limit_eval") if isinstance(limits, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def limit_rule(given: int | None, saved: int | None) -> tuple[int | None, str]:
+    """One rule for ``stbp eval`` and ``stbp plot``: the run's own ``--limit-eval`` applies
+    unless ``--limit-eval`` is given. The limit used and a sentence saying where it comes from."""
+    if given is not None:
+        return given, f"--limit-eval {given} (given)"
+    if saved is not None:
+        return saved, (f"the run's own --limit-eval {saved} (as in training; pass --limit-eval N "
+                       "to change)")
+    return None, "the full splits (the run was trained on them; pass --limit-eval N to change)"
+
+
+def eval_run(
+    run_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    checkpoint: str = "best",
+    limit_eval: int | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a run's best (or last) model on the validation and test splits — the first
+    ``limit_eval`` samples of each, by default the run's own ``--limit-eval`` (:func:`limit_rule`).
+
+    The result also holds the firing statistics on the test split (:mod:`stbp.stats`): each
+    layer's mean rate and synaptic operations per sample, next to a same-shape ANN's MACs.
+    """
+    from stbp.stats import FiringMonitor
+
+    if limit_eval is not None and limit_eval < 1:
+        raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
+    model, cfg, ckpt, data_dir = load_run(run_dir, checkpoint, data_dir)
+    budget.check(cfg, train=False)
+    limit_eval, rule = limit_rule(limit_eval, saved_limit_eval(run_dir, ckpt))
+    path = Path(run_dir) / f"{checkpoint}.pt"
+    data, _ = load_splits(cfg, data_dir)
+    steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
+    ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
+              precision=cfg["train"]["precision"])
+    val, test = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
+    val_acc = evaluate(model, val, steps, seed=seed, **ev)
+    with FiringMonitor(model) as monitor:
+        test_acc = evaluate(model, test, steps, seed=seed + 1, **ev)
+    return strict_json({
+        "checkpoint": str(path),
+        "epoch": ckpt["epoch"],
+        "val_acc": round(val_acc, 2),
+        "test_acc": round(test_acc, 2),
+        "val_size": len(val),
+        "test_size": len(test),
+        "limit_eval": limit_eval,
+        "evaluated_on": rule,
+        "firing": monitor.summary(),  # on the test split: rate per layer, SynOps per sample
+    })

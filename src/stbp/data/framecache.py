@@ -50,8 +50,11 @@ def write_frame_cache(path: Path, key: str, stored: np.ndarray, labels: np.ndarr
             np.savez(fh, frames=stored, labels=labels,
                      meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
         os.replace(tmp, path)
-    except OSError as err:
-        print(f"stbp: could not write the {dataset} frame cache {path} ({err}); continuing without it",
-              file=sys.stderr)
+    except (OSError, ValueError) as err:
+        print(f"stbp: could not write the {dataset} frame cache {path} "
+              f"({getattr(err, 'strerror', None) or err}); continuing without it", file=sys.stderr)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the folder cannot be read or is not one: nothing was written there
+            pass

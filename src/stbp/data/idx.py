@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import zlib
 from pathlib import Path
@@ -56,7 +57,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise StbpError(f"{name}: truncated IDX header ({len(data)} bytes, need {header})")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _DTYPES[code]
-    expected = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    expected = dtype.itemsize * math.prod(shape)  # Python integers: huge dims cannot overflow
     body = len(data) - header
     if body < expected:
         raise StbpError(

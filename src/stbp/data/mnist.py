@@ -214,6 +214,9 @@ def locate_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = 
             f"--data-dir {folder}: missing MNIST file(s) {', '.join(missing)} (plain or .gz)"
         )
     env = os.environ.get("STBP_DATA")
+    if env and not Path(env).is_dir():
+        raise StbpError(f"STBP_DATA={env}: no such directory (set it to a folder holding mnist/ "
+                        "with the four IDX files, or unset it to use the cache)")
     if env:
         if _complete(Path(env) / "mnist"):
             return Path(env) / "mnist"

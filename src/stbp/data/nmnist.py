@@ -142,6 +142,9 @@ def locate_nmnist(data_dir: str | os.PathLike | None = None) -> Path:
             f"({SPLITS['train']}/ or {SPLITS['train']}.zip, ...); expected {_LAYOUT}"
         )
     env = os.environ.get("STBP_DATA")
+    if env and not Path(env).is_dir():
+        raise StbpError(f"STBP_DATA={env}: no such directory (set it to a folder holding nmnist/, "
+                        f"{_LAYOUT})")
     if env and _complete(Path(env) / "nmnist"):
         return Path(env) / "nmnist"
     hint = ""
