@@ -34,8 +34,12 @@ import subprocess
 import sys
 import time
 
-MLP_CASES = ["floor", "stbp", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly", "norse"]
-CNN_CASES = ["stbp", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly"]
+MLP_CASES = ["floor", "stbp", "stbp-float32", "stbp-bool", "stbp-bf16", "stbp-eager", "snntorch",
+             "spikingjelly", "norse"]
+CNN_CASES = ["stbp", "stbp-float32", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly"]
+#: how each stbp case is given its input spikes: "stbp" as stbp's trainer does (its encoder,
+#: uint8); "stbp-float32"/"stbp-bool" as a PyTorch user writes them, torch.rand(...) < p
+USER_INPUT = {"stbp-float32": "float32", "stbp-bool": "bool"}
 PEERS = ("snntorch", "spikingjelly", "norse")
 BASELINE = "stbp@baseline"  # stbp imported from --baseline's source folder
 DECAY, THRESHOLD = 0.1, 0.5  # the paper's MNIST neuron (decay τ = 0.1, V_th = 0.5)
@@ -178,11 +182,15 @@ def _floor(kind: str):
 
 
 # ----------------------------------------------------------------------------- one case
-def _images(batch: int, data_dir: str | None, device: str, gen):
+def _images(batch: int, data_dir: str | None, device: str, gen, kind: str = "mnist"):
     """A batch of the MNIST training digits (intensities in [0, 1], a fixed random draw), or,
-    with no ``data_dir``, uniform noise of MNIST's mean intensity; and its labels."""
+    with no ``data_dir``, uniform noise of MNIST's mean intensity, or (``kind`` "dense") every
+    input at 0.3: dense random spikes, 30 % of the inputs at each step; and its labels."""
     import torch
 
+    if kind == "dense":
+        images = torch.full((batch, 1, 28, 28), 0.3, device=device)
+        return images, torch.randint(0, 10, (batch,), generator=gen, device=device)
     if data_dir is None:
         images = torch.rand(batch, 1, 28, 28, generator=gen, device=device) * 0.26
         return images, torch.randint(0, 10, (batch,), generator=gen, device=device)
@@ -196,7 +204,7 @@ def _images(batch: int, data_dir: str | None, device: str, gen):
 
 def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: int,
            threads: int, device: str = "cpu", data_dir: str | None = None,
-           malloc: str = "default") -> dict:
+           malloc: str = "default", input_kind: str = "mnist") -> dict:
     if malloc == "heap":  # the same allocator settings for every case (stbp train's)
         from stbp.malloc import retain_freed_memory
 
@@ -220,13 +228,19 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator(device).manual_seed(0)
-    images, labels = _images(batch, data_dir, device, gen)
+    images, labels = _images(batch, data_dir, device, gen, input_kind)
     onehot = torch.nn.functional.one_hot(labels, 10).float()
 
-    # Bernoulli spikes of the same intensities: stbp's cases encode with stbp's encoder, as
-    # bytes (what its trainer does); the other cases with torch.rand(...) < p as float32, the
-    # fastest of the peers' idioms (snnTorch's spikegen.rate calls torch.bernoulli, slower)
-    if case.startswith("stbp"):
+    # Bernoulli spikes of the same intensities: "stbp" encodes with stbp's encoder, as bytes
+    # (what its trainer does); "stbp-float32"/"stbp-bool" and the peers with torch.rand(...) < p
+    # (as float32 for the peers: the fastest of their idioms; snnTorch's spikegen.rate calls
+    # torch.bernoulli, slower)
+    if case in USER_INPUT:
+        def encode(n: int):
+            spikes = (torch.rand((steps_t, n, *images.shape[1:]), generator=gen, device=device)
+                      < images[:n])
+            return spikes.float() if USER_INPUT[case] == "float32" else spikes
+    elif case.startswith("stbp"):
         from stbp import encoding
 
         def encode(n: int):
@@ -284,7 +298,7 @@ def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> di
     if case == BASELINE:  # the stbp case, with stbp imported from the baseline's source
         env = {**env, "PYTHONPATH": os.path.abspath(args.baseline)}
     cmd = [sys.executable, __file__, "--worker", "stbp" if case == BASELINE else case, "--kind",
-           kind, "--steps-t", str(steps_t),
+           kind, "--steps-t", str(steps_t), "--input", args.input,
            "--batch", str(args.batch), "--iters", str(iters), "--warmup", str(warmup),
            "--threads", str(args.threads), "--device", args.device]
     if args.data_dir:
@@ -385,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--device", default="cpu",
                     help="cpu, or cuda: stbp's default path there is torch.compile (Triton)")
-    ap.add_argument("--input", choices=("mnist", "noise"), default="mnist",
+    ap.add_argument("--input", choices=("mnist", "noise", "dense"), default="mnist",
                     help="mnist: a batch of real training digits (default); noise: uniform noise "
-                    "of MNIST's mean intensity (no data needed)")
+                    "of MNIST's mean intensity (no data needed); dense: random spikes at 30 %% of "
+                    "the inputs (no data needed)")
     ap.add_argument("--data-dir", help="the MNIST folder (default: $STBP_DATA/mnist, the cache, "
                     "or a download, as stbp train finds it)")
     ap.add_argument("--malloc", choices=("default", "heap"), default="default",
@@ -402,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.kind, args.steps_t[0], args.batch, args.iters,
                                 args.warmup, args.threads, args.device, args.data_dir,
-                                args.malloc)))
+                                args.malloc, args.input)))
         return 0
     if args.input == "mnist":  # find (or fetch) MNIST once; the workers read that folder
         from stbp.data.mnist import locate_mnist
@@ -426,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
           f"median of {args.iters} steps after {args.warmup} warm-up; input: "
-          + ("MNIST training digits" if args.data_dir else "uniform noise of MNIST's mean")
+          + {"mnist": "MNIST training digits", "noise": "uniform noise of MNIST's mean",
+             "dense": "random spikes, 30 % of the inputs"}[args.input]
           + f"; malloc: {args.malloc}"
           + (f"; median of {args.repeat} interleaved runs per case" if args.repeat > 1 else ""))
     wanted = set(args.cases.split(",")) if args.cases else None

@@ -24,24 +24,10 @@ from stbp import checks
 from stbp.data import registry
 from stbp.data.registry import dataset_info
 from stbp.errors import StbpError
-from stbp.functional.lif import BACKENDS, RESETS
-from stbp.functional.surrogate import SURROGATES, get_surrogate
+from stbp.functional.lif import LIFParams
 
 __all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override",
            "dataset_info", "with_dataset", "resolve_dataset", "validate", "differences"]
-
-
-def _surrogate_name(v: Any) -> bool:
-    if not isinstance(v, str):
-        return False
-    try:
-        get_surrogate(v)
-    except StbpError:
-        return False
-    return True
-
-
-_surrogate_name.__doc__ = "one of: " + ", ".join(SURROGATES)
 
 
 class _DataSchema(Mapping):
@@ -78,14 +64,15 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "init": (checks.one_of("paper", "default"), False),
         "spiking": (checks.boolean, False),
     },
+    # the values' form here; their meaning (ranges, names) is checked once, by LIFParams
     "neuron": {
-        "decay": (checks.number_in(0, 1, low_open=True), True),
-        "threshold": (checks.positive_number, True),
-        "surrogate": (_surrogate_name, False),
-        "width": (checks.positive_number, False),
-        "reset": (checks.one_of(*RESETS), False),
+        "decay": (checks.number, True),
+        "threshold": (checks.number, True),
+        "surrogate": (checks.string, False),
+        "width": (checks.number, False),
+        "reset": (checks.string, False),
         "temporal": (checks.boolean, False),
-        "backend": (checks.one_of(*BACKENDS), False),
+        "backend": (checks.string, False),
     },
     "encoding": {
         "kind": (checks.one_of("bernoulli", "direct", "events"), False),
@@ -112,8 +99,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"init": "paper", "spiking": True},
-    "neuron": {"surrogate": "rectangular", "width": 1.0, "reset": "zero", "temporal": True,
-               "backend": "auto"},
+    "neuron": LIFParams.defaults(),
     "encoding": {"kind": "bernoulli"},
     "train": {
         "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
@@ -302,6 +288,10 @@ def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         out[table] = {**DEFAULTS.get(table, {}), **values}
     # the dataset's defaults (its own keys and the common ones; absent if it has none)
     out["data"] = {**registry.get(out["data"]["dataset"]).defaults, **out["data"]}
+    try:  # the neuron's settings, checked where they are defined
+        LIFParams(**out["neuron"])
+    except StbpError as err:
+        raise StbpError(f"config {source}: [neuron] {err}") from None
     _check_data(out, source)
     _check_model(out, source)
     return out

@@ -22,6 +22,7 @@ from stbp import budget, seeds
 from stbp.config import dataset_info, validate
 from stbp.data.splits import Split, load_splits
 from stbp.errors import StbpError
+from stbp.functional.lif import LIFParams
 from stbp.loss import predict
 from stbp.models import SpikingNet, build
 
@@ -55,7 +56,7 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
                         "(stbp.config.resolve_dataset)")
     if kind == "cnn":
         model.update(in_channels=ds.input[0], image_size=ds.input[1], classes=ds.classes)
-    return build(kind, seed=cfg["train"]["seed"], **model, **cfg["neuron"])
+    return build(kind, seed=cfg["train"]["seed"], neuron=LIFParams(**cfg["neuron"]), **model)
 
 
 def model_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:

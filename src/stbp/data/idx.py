@@ -67,7 +67,10 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise StbpError(
             f"{name}: {body - expected} unexpected trailing bytes after the IDX data of shape {shape}"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:  # numpy refuses a shape whose nonzero dims overflow its sizes, even with a zero dim
+        arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as err:
+        raise StbpError(f"{name}: IDX shape {shape} cannot be an array ({err})") from None
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 

@@ -28,7 +28,7 @@ reference that the backends are tested against.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -93,6 +93,11 @@ class LIFParams:
         object.__setattr__(self, "threshold", threshold)
         object.__setattr__(self, "surrogate", surrogate)
         object.__setattr__(self, "width", surrogate.width)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """The settings that have a default, with it (``decay`` and ``threshold`` have none)."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     @classmethod
     def of(cls, params: LIFParams | None = None, /, **settings) -> LIFParams:
