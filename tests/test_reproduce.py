@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 import stbp.reproduce as rep
+from stbp import analyses
 from stbp.cli import main
 from stbp.config import load_config
 from stbp.errors import StbpError
@@ -37,7 +38,7 @@ def test_the_grid_covers_the_papers_analyses_once_per_configuration():
 def small_grid(monkeypatch):
     groups = {"td": ("SD+TD vs SD only", "what", (Setting("SD+TD"),
                                                   Setting("SD only", ("neuron.temporal=false",))))}
-    monkeypatch.setattr(rep, "GROUPS", groups)
+    monkeypatch.setattr(analyses, "GROUPS", groups)  # the grid, as every module reads it
     return groups
 
 

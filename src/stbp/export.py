@@ -44,6 +44,7 @@ from torch import nn
 
 from stbp import layers
 from stbp.errors import StbpError
+from stbp.functional.lif import LIFParams
 from stbp.models import SpikingNet
 
 __all__ = ["to_nir", "from_nir", "write_nir", "read_nir", "DEFAULT_DT"]
@@ -254,65 +255,17 @@ def from_nir(
                 raise StbpError(f"from_nir: synapse {name!r} must be followed by a LIF or IF "
                                 f"neuron node, got {type(after).__name__} (stbp supports Affine, "
                                 "Linear, Conv2d, LIF, IF, AvgPool2d, Flatten)")
-            neuron_name = names[k + 1]
-            settings, gain = _neuron_settings(graph.nodes[neuron_name], neuron_name, dt)
+            settings, gain = _neuron_settings(after, names[k + 1], dt)
             extra = saved.get(name.split(".")[0], {}) if isinstance(saved, dict) else {}
             extra = extra if isinstance(extra, dict) else {}
-            neuron = {
-                **settings,
-                "surrogate": surrogate or extra.get("surrogate", "rectangular"),
-                "width": width or extra.get("width", 1.0),
-                "reset": "zero",
-                "temporal": bool(extra.get("temporal", True)),
-                "backend": backend,
-            }
-            w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32) * np.float32(gain))
-            bias = getattr(node, "bias", None)
-            b = None if bias is None else torch.as_tensor(
-                np.asarray(bias, dtype=np.float32) * np.float32(gain))
-            if isinstance(node, nir.Conv2d):
-                if w.dim() != 4 or int(np.prod(np.atleast_1d(node.dilation))) != 1 or node.groups != 1:
-                    raise StbpError(f"from_nir: node {name!r}: only 2-D convolutions without "
-                                    "dilation or groups are supported")
-                stride = tuple(np.atleast_1d(node.stride).tolist()) * (
-                    2 if np.size(node.stride) == 1 else 1)
-                pad = node.padding
-                if isinstance(pad, str) or np.size(pad) not in (1, 2) or len(set(
-                        np.atleast_1d(pad).tolist())) != 1 or len(set(stride)) != 1:
-                    raise StbpError(f"from_nir: node {name!r}: only square strides and equal "
-                                    "numeric padding are supported")
-                if w.shape[-1] != w.shape[-2]:
-                    raise StbpError(f"from_nir: node {name!r}: only square kernels are supported")
-                mod = layers.Conv2d(w.shape[1], w.shape[0], w.shape[-1], stride=int(stride[0]),
-                                    padding=int(np.atleast_1d(pad)[0]), bias=b is not None,
-                                    **neuron)
-            else:
-                if w.dim() != 2:
-                    raise StbpError(f"from_nir: node {name!r}: weight must be 2-D, got "
-                                    f"{tuple(w.shape)}")
-                mod = layers.Linear(w.shape[1], w.shape[0], bias=b is not None, **neuron)
-            with torch.no_grad():
-                mod.synapse.weight.copy_(w.reshape(mod.synapse.weight.shape))
-                if b is not None:
-                    mod.synapse.bias.copy_(b.reshape(mod.synapse.bias.shape))
-            mods.append(mod)
+            neuron = LIFParams(
+                **settings, surrogate=surrogate or extra.get("surrogate", "rectangular"),
+                width=width or extra.get("width", 1.0), reset="zero",
+                temporal=bool(extra.get("temporal", True)), backend=backend)
+            mods.append(_synapse_layer(nir, name, node, gain, neuron))
             k += 2
             continue
-        if isinstance(node, nir.AvgPool2d):
-            ks = np.atleast_1d(node.kernel_size).tolist()
-            st = np.atleast_1d(node.stride).tolist()
-            if len(set(ks)) != 1 or len(set(st)) != 1 or np.any(np.asarray(node.padding) != 0):
-                raise StbpError(f"from_nir: node {name!r}: only square, unpadded pooling is "
-                                "supported")
-            mods.append(layers.AvgPool2d(int(ks[0]), int(st[0])))
-        elif isinstance(node, nir.Flatten):
-            if node.end_dim not in (-1,) or node.start_dim != 0:
-                raise StbpError(f"from_nir: node {name!r}: only a Flatten of all the sample's "
-                                "dimensions (start_dim 0, end_dim -1) is supported")
-            mods.append(layers.Flatten())
-        else:
-            raise StbpError(f"from_nir: node {name!r} is a {type(node).__name__}, which stbp does "
-                            "not support (Affine, Linear, Conv2d, LIF, IF, AvgPool2d, Flatten)")
+        mods.append(_shape_layer(nir, name, node))
         k += 1
     if not any(isinstance(m, (layers.Linear, layers.Conv2d)) for m in mods):
         raise StbpError("from_nir: the graph has no synapse + neuron layers")
@@ -386,3 +339,55 @@ def read_nir(path: str | os.PathLike, *, max_bytes: int = MAX_NIR_BYTES) -> Any:
     except Exception as err:  # noqa: BLE001 - h5py/nir raise many types for a bad file
         raise StbpError(f"NIR file {path}: not a readable NIR graph ({err.__class__.__name__}: "
                         f"{str(err)[:200]})") from None
+
+
+def _synapse_layer(nir: Any, name: str, node: Any, gain: float, neuron: LIFParams) -> nn.Module:
+    """The stbp Linear or Conv2d of a NIR Affine/Linear/Conv2d node (its weights × ``gain``)."""
+    w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32) * np.float32(gain))
+    bias = getattr(node, "bias", None)
+    b = None if bias is None else torch.as_tensor(
+        np.asarray(bias, dtype=np.float32) * np.float32(gain))
+    if isinstance(node, nir.Conv2d):
+        if w.dim() != 4 or int(np.prod(np.atleast_1d(node.dilation))) != 1 or node.groups != 1:
+            raise StbpError(f"from_nir: node {name!r}: only 2-D convolutions without "
+                            "dilation or groups are supported")
+        stride = tuple(np.atleast_1d(node.stride).tolist()) * (
+            2 if np.size(node.stride) == 1 else 1)
+        pad = node.padding
+        if isinstance(pad, str) or np.size(pad) not in (1, 2) or len(set(
+                np.atleast_1d(pad).tolist())) != 1 or len(set(stride)) != 1:
+            raise StbpError(f"from_nir: node {name!r}: only square strides and equal "
+                            "numeric padding are supported")
+        if w.shape[-1] != w.shape[-2]:
+            raise StbpError(f"from_nir: node {name!r}: only square kernels are supported")
+        mod = layers.Conv2d(w.shape[1], w.shape[0], w.shape[-1], stride=int(stride[0]),
+                            padding=int(np.atleast_1d(pad)[0]), bias=b is not None,
+                            neuron=neuron)
+    else:
+        if w.dim() != 2:
+            raise StbpError(f"from_nir: node {name!r}: weight must be 2-D, got "
+                            f"{tuple(w.shape)}")
+        mod = layers.Linear(w.shape[1], w.shape[0], bias=b is not None, neuron=neuron)
+    with torch.no_grad():
+        mod.synapse.weight.copy_(w.reshape(mod.synapse.weight.shape))
+        if b is not None:
+            mod.synapse.bias.copy_(b.reshape(mod.synapse.bias.shape))
+    return mod
+
+
+def _shape_layer(nir: Any, name: str, node: Any) -> nn.Module:
+    """The stbp AvgPool2d or Flatten of a NIR node (anything else is refused)."""
+    if isinstance(node, nir.AvgPool2d):
+        ks = np.atleast_1d(node.kernel_size).tolist()
+        st = np.atleast_1d(node.stride).tolist()
+        if len(set(ks)) != 1 or len(set(st)) != 1 or np.any(np.asarray(node.padding) != 0):
+            raise StbpError(f"from_nir: node {name!r}: only square, unpadded pooling is "
+                            "supported")
+        return layers.AvgPool2d(int(ks[0]), int(st[0]))
+    if isinstance(node, nir.Flatten):
+        if node.end_dim not in (-1,) or node.start_dim != 0:
+            raise StbpError(f"from_nir: node {name!r}: only a Flatten of all the sample's "
+                            "dimensions (start_dim 0, end_dim -1) is supported")
+        return layers.Flatten()
+    raise StbpError(f"from_nir: node {name!r} is a {type(node).__name__}, which stbp does "
+                    "not support (Affine, Linear, Conv2d, LIF, IF, AvgPool2d, Flatten)")

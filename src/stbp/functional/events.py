@@ -94,6 +94,12 @@ class LinearTerm(GradTerm):
         part = g[:, b0 * per:b1 * per].reshape(-1, k)
         out.view(-1, f).addmm_(part, self.weight)
 
+    def write_to(self, out: Tensor, b0: int, b1: int) -> None:
+        k, f = self.weight.shape
+        per = out[0, 0].numel() // f
+        part = self.grad.view(out.shape[0], -1, k)[:, b0 * per:b1 * per].reshape(-1, k)
+        torch.mm(part, self.weight, out=out.view(-1, f))
+
     def dense(self, shape: torch.Size, dtype: torch.dtype) -> Tensor:
         return (self.grad @ self.weight).to(dtype).reshape(shape)
 

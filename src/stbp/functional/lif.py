@@ -216,8 +216,7 @@ class NeuronOrigin(Origin):
         for b0 in range(0, batch, step):
             b1 = min(batch, b0 + step)
             part = buf[:steps * (b1 - b0) * per].view(steps, b1 - b0, *shape[2:])
-            part.zero_()
-            term.add_to(part, b0, b1)
+            term.write_to(part, b0, b1)
             run(eps, self.params, part.view(steps, -1), None, (b0 * per, b1 * per))
         return eps.view(shape)
 

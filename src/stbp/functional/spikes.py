@@ -36,6 +36,12 @@ class GradTerm(ABC):
         """Add ∂L/∂o of samples ``b0:b1`` (all T steps) to ``out`` (contiguous,
         ``[T, b1 − b0, ...]`` with the spikes' trailing shape)."""
 
+    def write_to(self, out: Tensor, b0: int, b1: int) -> None:
+        """Write (not add) ∂L/∂o of samples ``b0:b1`` into ``out``; a term that can make it in
+        place of the values there overrides this (saving a pass that zeroes ``out``)."""
+        out.zero_()
+        self.add_to(out, b0, b1)
+
     def whole(self) -> Tensor | None:
         """∂L/∂o as one tensor when the term already holds it (no need to make it in parts)."""
         return None

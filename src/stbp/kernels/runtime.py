@@ -71,7 +71,7 @@ class Tuning:
     private_bytes: int = 256 << 10
     parts: int = 8
     min_chunk: int = 16
-    neuron_chunk_bytes: int = 1 << 20
+    neuron_chunk_bytes: int = 1 << 22
 
 
 #: the values the library runs with
