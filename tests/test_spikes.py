@@ -28,7 +28,7 @@ from stbp.functional import (
     synapse,
 )
 from stbp.functional.events import LinearTerm
-from stbp.functional.pool import avg_pool2d
+from stbp.functional.pool import PoolTerm, avg_pool2d
 from stbp.kernels import lif_torch
 from stbp.kernels.runtime import Tuning
 from stbp.loss import rate_mse
@@ -346,3 +346,21 @@ def test_two_consumers_of_the_same_spikes():
         loss.backward()
         results.append(x.grad)
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("term_kind", ["linear", "pool"])
+def test_terms_add_and_write_alike(term_kind):
+    """A term's add_to (adds to what is there) and write_to (overwrites) agree."""
+    g = torch.Generator().manual_seed(5)
+    if term_kind == "linear":
+        term = LinearTerm(torch.randn(4 * 6, 3, generator=g), torch.randn(3, 10, generator=g))
+        shape = (4, 2, 10)
+    else:
+        term = PoolTerm(torch.randn(4, 6, 2, 3, 2, generator=g), 2)
+        shape = (4, 2, 2, 7, 5)  # odd sizes: a cut edge that no window reaches
+    base = torch.randn(shape, generator=g)
+    added = base.clone()
+    term.add_to(added, 1, 3)
+    written = base.clone()
+    term.write_to(written, 1, 3)
+    torch.testing.assert_close(added - base, written, rtol=1e-5, atol=1e-6)

@@ -87,18 +87,23 @@ class LinearTerm(GradTerm):
     def __init__(self, grad: Tensor, weight: Tensor) -> None:
         self.grad, self.weight = grad, weight
 
-    def add_to(self, out: Tensor, b0: int, b1: int) -> None:
+    def _rows(self, out: Tensor, b0: int, b1: int) -> tuple[Tensor, Tensor]:
+        """The error rows of samples ``b0:b1`` ``[T, R, K]`` and ``out`` seen as ``[T, R, F]``."""
         k, f = self.weight.shape
         per = out[0, 0].numel() // f  # rows of the layer per sample and step (usually 1)
-        g = self.grad.view(out.shape[0], -1, k)  # [T, B · per, K]
-        part = g[:, b0 * per:b1 * per].reshape(-1, k)
-        out.view(-1, f).addmm_(part, self.weight)
+        rows = self.grad.view(out.shape[0], -1, k)[:, b0 * per:b1 * per]
+        return rows, out.view(out.shape[0], -1, f)
+
+    def add_to(self, out: Tensor, b0: int, b1: int) -> None:
+        rows, target = self._rows(out, b0, b1)
+        target.add_(torch.matmul(rows, self.weight))
 
     def write_to(self, out: Tensor, b0: int, b1: int) -> None:
-        k, f = self.weight.shape
-        per = out[0, 0].numel() // f
-        part = self.grad.view(out.shape[0], -1, k)[:, b0 * per:b1 * per].reshape(-1, k)
-        torch.mm(part, self.weight, out=out.view(-1, f))
+        rows, target = self._rows(out, b0, b1)
+        if rows.device.type == "cpu" and HAVE_NUMBA and rows.dtype in _WEIGHT_DTYPES:
+            sparse_linear.error_times_weight(rows, self.weight, target)  # the small kernel
+        else:
+            torch.matmul(rows, self.weight, out=target)
 
     def dense(self, shape: torch.Size, dtype: torch.dtype) -> Tensor:
         return (self.grad @ self.weight).to(dtype).reshape(shape)

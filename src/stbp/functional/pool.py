@@ -60,6 +60,9 @@ class PoolTerm(GradTerm):
     def add_to(self, out: Tensor, b0: int, b1: int) -> None:
         pooling.spread_add(self.grad[:, b0:b1], self.k, out)
 
+    def write_to(self, out: Tensor, b0: int, b1: int) -> None:
+        pooling.spread_add(self.grad[:, b0:b1], self.k, out, write=True)
+
 
 class PooledOrigin(Origin):
     """The way back through a k×k average pooling to the spikes' own origin."""

@@ -36,12 +36,15 @@ if HAVE_NUMBA:
                         so[j] += s
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _spread_add(g, k, out):  # pragma: no cover - compiled
+    def _spread_add(g, k, out, write):  # pragma: no cover - compiled
         # out[p, y, x] += g[p, y // k, x // k] / k² for the positions windows cover: a row of
-        # shares made once per pooled row and added to the k rows of its windows
+        # shares made once per pooled row and added to the k rows of its windows; ``write``:
+        # out is zeroed first (each plane by its own thread)
         planes, ho, wo = g.shape
         kk = out.dtype.type(k * k)
         for p in nb.prange(planes):
+            if write:
+                out[p] = 0
             share = np.empty(wo * k, out.dtype)
             for yo in range(ho):
                 gp = g[p, yo]
@@ -66,10 +69,11 @@ def window_sums(codes: Tensor, k: int) -> Tensor:
     return sums.view(*codes.shape[:-2], h // k, w // k)
 
 
-def spread_add(grad: Tensor, k: int, out: Tensor) -> None:
+def spread_add(grad: Tensor, k: int, out: Tensor, *, write: bool = False) -> None:
     """``out`` ``[..., H, W]`` (contiguous) += the gradient of a k×k average pooling (stride
-    k) whose output gradient is ``grad`` ``[..., H // k, W // k]``."""
+    k) whose output gradient is ``grad`` ``[..., H // k, W // k]``; ``write=True``: ``out`` =
+    that gradient (zero where no window reaches)."""
     h, w = out.shape[-2:]
     g = grad.to(out.dtype).contiguous().reshape(-1, h // k, w // k)
     with threads():
-        _spread_add(g.numpy(), k, out.view(-1, h, w).numpy())
+        _spread_add(g.numpy(), k, out.view(-1, h, w).numpy(), write)
