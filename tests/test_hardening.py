@@ -343,17 +343,22 @@ def test_the_raster_has_integer_ticks(tmp_path, monkeypatch):
 
 # ---- 16. every speed-up in the README traces to a recorded run
 
-def test_the_readme_snntorch_speedups_trace_to_bench16():
-    perf = (ROOT / "docs" / "performance.md").read_text()
-    table = perf[perf.index("(`bench16`, median of 3"):]
-    rows: dict[str, tuple[float, float]] = {}
-    for m in re.finditer(r"^\| \**(\w+)\** \| \**([\d.]+)\** \| \**\d+\** \| \**([\d.]+)\** \|",
-                         table, flags=re.M):
-        rows.setdefault(m[1], (float(m[2]), float(m[3])))  # the bench16 table: the first
-    stbp, snn = rows["stbp"], rows["snntorch"]
-    measured = {f"{snn[0] / stbp[0]:.1f}", f"{snn[1] / stbp[1]:.1f}"}  # T = 30, T = 100
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    claims = re.findall(r"([\d.]+)(?:–([\d.]+))?× (?:than|faster than) snnTorch(?: \(([\d.]+)× at "
-                        r"T = 100\))?", readme)
-    figures = {x for c in claims for x in c if x}
-    assert figures and figures <= measured, (figures, measured)
+def test_the_readme_speed_and_memory_figures_trace_to_recorded_runs():
+    """Every "N×" of the README's performance bullet is a ratio of a recorded benchmark run
+    (docs/bench/*.json, written by benchmarks/peers.py --json): a peer's time over an stbp
+    case's, or an stbp case's peak memory over a peer's."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    bullet = readme[readme.index("- **Fast and lean on a CPU**"):readme.index("- **A GPU path**")]
+    ratios = set()
+    for name in re.findall(r"`(bench\d+)`", bullet):  # the runs the bullet cites
+        rows = json.loads((ROOT / "docs" / "bench" / f"{name}.json").read_text())["rows"]
+        ours = [r for r in rows if r["case"] in ("stbp", "stbp-float32", "stbp-bool")]
+        peers = [r for r in rows if not r["case"].startswith(("stbp", "floor"))]
+        for a in ours:
+            for b in peers:
+                if (a["kind"], a["T"]) == (b["kind"], b["T"]):
+                    ratios |= {f"{b['ms'] / a['ms']:.1f}", f"{a['peak_mb'] / b['peak_mb']:.2f}"}
+    figures = re.findall(r"(\d+\.\d+)×", bullet)
+    assert figures and set(figures) <= ratios, (sorted(set(figures) - ratios), sorted(ratios))

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from stbp.errors import StbpError
 from stbp.functional.spikes import DenseTerm, GradTerm, Spikes
-from stbp.kernels import pack, sparse_conv, sparse_linear
+from stbp.kernels import dense_rows, pack, sparse_conv, sparse_linear
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning
 
 __all__ = ["linear", "conv2d", "usable", "as_spikes", "LinearTerm"]
@@ -101,7 +101,7 @@ class LinearTerm(GradTerm):
     def write_to(self, out: Tensor, b0: int, b1: int) -> None:
         rows, target = self._rows(out, b0, b1)
         if rows.device.type == "cpu" and HAVE_NUMBA and rows.dtype in _WEIGHT_DTYPES:
-            sparse_linear.error_times_weight(rows, self.weight, target)  # the small kernel
+            dense_rows.error_times_weight(rows, self.weight, target)  # the small kernel
         else:
             torch.matmul(rows, self.weight, out=target)
 

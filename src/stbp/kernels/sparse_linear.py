@@ -28,7 +28,7 @@ from torch import Tensor
 
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning, nb, threads
 
-__all__ = ["CSR", "error_times_weight", "byte_rows", "nonzero_counts", "change_counts",
+__all__ = ["CSR", "byte_rows", "nonzero_counts", "change_counts",
            "sample_order", "csr_rows",
            "csr_changes", "scan", "to_csr", "index_dtype", "input_value", "ROWS"]
 
@@ -396,34 +396,6 @@ class CSR:
 def index_dtype(n: int) -> type:
     """The narrowest integer type for indices below ``n``."""
     return np.int16 if n < 2**15 else np.int32 if n < 2**31 else np.int64
-
-
-if HAVE_NUMBA:
-
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _error_times_weight(g, w, out):  # pragma: no cover - compiled
-        # out[t, r] = Σ_k g[t, r, k] · w[k] (rows of ε W), the zeros of the error skipped — most
-        # of it, where the surrogate h(u) of the layer above is zero
-        steps, rows, kk = g.shape
-        for q in nb.prange(steps * rows):
-            t, r = q // rows, q % rows
-            o = out[t, r]
-            o[:] = 0
-            for k in range(kk):
-                a = g[t, r, k]
-                if a != 0:
-                    wk = w[k]
-                    for c in range(o.shape[0]):
-                        o[c] += a * wk[c]
-
-
-def error_times_weight(grad: Tensor, weight: Tensor, out: Tensor) -> None:
-    """``out`` ``[T, R, F]`` = ``grad`` ``[T, R, K]`` (any strides) @ ``weight`` ``[K, F]``:
-    a fully connected layer's gradient on its input for some rows, written (not added), on
-    numba's threads (no switch to PyTorch's thread pool between the neurons' kernels)."""
-    w = weight.detach().to(out.dtype).contiguous()
-    with threads():
-        _error_times_weight(grad.detach().to(out.dtype).numpy(), w.numpy(), out.numpy())
 
 
 def to_csr(x: Tensor) -> CSR:
