@@ -492,3 +492,24 @@ def test_event_conv_over_changes_along_time_matches_f_conv2d(high, monkeypatch):
     seen.clear()  # independent noise changes more often than it spikes: the plain sums
     synapse.conv2d(_bytes(steps * batch, cin, size, size, rate=0.15), w, b, 1, 1, steps=steps)
     assert seen == [0]
+
+
+def test_dense_float_spikes_are_read_once_and_saved_as_bytes(monkeypatch):
+    """Float 0/1 input too dense to sum (30 % here) takes the dense matmul, from the bytes
+    found in the one pass over its values — not checked again to be saved."""
+    from stbp.kernels import pack as pack_kernel
+
+    calls = []
+    real = pack_kernel.pack
+    monkeypatch.setattr(pack_kernel, "pack", lambda *a: calls.append(1) or real(*a))
+    x = _bytes(6, 5, 50, rate=0.3).float()
+    w = torch.randn(7, 50, requires_grad=True)
+    out = synapse.linear(x, w)
+    assert type(out.grad_fn).__name__ == "_LinearBackward" and len(calls) == 1
+    saved = out.grad_fn.saved_tensors[0]
+    assert saved.dtype == torch.uint8 and torch.equal(saved.float(), x.reshape(-1, 50))
+    ref = F.linear(x, w)
+    torch.testing.assert_close(out, ref)
+    err = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.autograd.grad(out, w, err)[0],
+                               torch.autograd.grad(ref, w, err)[0], rtol=1e-5, atol=1e-5)

@@ -209,6 +209,19 @@ def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.reshape(*x.shape[:-1], first.shape[1])
 
 
+def _as_bytes(x: Tensor | Spikes, weight: Tensor) -> Tensor | Spikes:
+    """A float input that asks for no gradient and holds whole numbers in [0, 255] (spikes as
+    ``(torch.rand(...) < p).float()`` makes them) as those bytes, found in one pass: the event
+    path sums them, and the dense path, if they are too dense to sum, saves them as they are
+    (instead of checking them a second time). Anything else unchanged."""
+    if (isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad
+            and _events.usable(x, weight)):
+        spikes = _events.as_spikes(x, weight.dtype)
+        if spikes is not None:
+            return spikes.codes
+    return x
+
+
 def _tracks(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -222,6 +235,7 @@ def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
     summed) when that applies; ``events=False`` forces the dense matmul.
     """
     if events:
+        x = _as_bytes(x, weight)
         out = _events.linear(x, weight, bias)
         if out is not None:
             return out
@@ -243,6 +257,7 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
     samples (image t·B + b), which lets the event-driven sums run over the changes along
     time."""
     if events:
+        x = _as_bytes(x, weight)
         out = _events.conv2d(x, weight, bias, stride, padding, steps=steps)
         if out is not None:
             return out
