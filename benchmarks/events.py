@@ -9,6 +9,9 @@ the data are found (``--data-dir``, else ``$STBP_DATA``), otherwise Bernoulli sp
 densities (13 % and 4 %).
 
     python benchmarks/events.py --threads 2 --steps-t 30 100
+    python benchmarks/events.py --threads 2 --densities 0.1 0.2 0.3 0.4 0.5   # where the sums
+                                          # stop paying: random spikes at each density, the
+                                          # event path forced (Tuning(max_density=1))
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 import torch
 
 from stbp import encoding
+from stbp.functional import events as event_path
 from stbp.functional import synapse
+from stbp.kernels.runtime import Tuning
 
 
 def _median_ms(fn, iters: int) -> float:
@@ -36,14 +41,20 @@ def _median_ms(fn, iters: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def _time_layer(x, w, b, grad, events: bool, iters: int) -> tuple[float, float]:
-    """Median ms of the forward (no graph) and of forward + backward."""
+def _time_layer(x, w, b, grad, events: bool, iters: int, force: bool = False) -> tuple[float, float]:
+    """Median ms of the forward (no graph) and of forward + backward; ``force``: the event path
+    whatever the density."""
+    def layer():
+        if force:
+            return event_path.linear(x, w, b, tuning=Tuning(max_density=1.0))
+        return synapse.linear(x, w, b, events=events)
+
     with torch.no_grad():
-        fwd = _median_ms(lambda: synapse.linear(x, w, b, events=events), iters)
+        fwd = _median_ms(layer, iters)
 
     def step():
         w.grad = b.grad = None
-        synapse.linear(x, w, b, events=events).backward(grad)
+        layer().backward(grad)
 
     return fwd, _median_ms(step, iters)
 
@@ -82,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=800)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--densities", type=float, nargs="+",
+                    help="instead of digits and frames: independent random spikes at these "
+                    "densities (784 inputs), the event path forced")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="folder holding mnist/ and nmnist-small/ (default: $STBP_DATA)")
     args = ap.parse_args(argv)
@@ -92,14 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     print("| input | T | density | dense fwd ms | events fwd ms | dense fwd+bwd ms "
           "| events fwd+bwd ms | speed-up fwd+bwd |")
     print("|---|---|---|---|---|---|---|---|")
+    makers = [_mnist_spikes, _nmnist_frames]
+    if args.densities:
+        makers = [lambda _d, steps, batch, p=p: (  # noqa: E731
+            (torch.rand(steps, batch, 784, generator=torch.Generator().manual_seed(0)) < p)
+            .to(torch.uint8), f"random, {p:.0%}") for p in args.densities]
     for steps in args.steps_t:
-        for make in (_mnist_spikes, _nmnist_frames):
+        for make in makers:
             x, src = make(data, steps, args.batch)
             gen = torch.Generator().manual_seed(1)
             w = (torch.randn(args.hidden, x.shape[-1], generator=gen) * 0.05).requires_grad_()
             b = torch.zeros(args.hidden, requires_grad=True)
             grad = torch.randn(*x.shape[:-1], args.hidden, generator=gen)
-            row = [_time_layer(x, w, b, grad, events, args.iters) for events in (False, True)]
+            row = [_time_layer(x, w, b, grad, events, args.iters, force=events and bool(
+                args.densities)) for events in (False, True)]
             (df, db), (ef, eb) = row
             print(f"| {src} | {steps} | {x.float().mean().item():.3f} | {df:.1f} | {ef:.1f} "
                   f"| {db:.1f} | {eb:.1f} | {db / eb:.2f}× |")
