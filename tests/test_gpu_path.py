@@ -99,3 +99,27 @@ def test_training_on_the_gpu_learns(mnist_dir, tmp_path):
               progress=False)
     assert s["device"].startswith("cuda")
     assert s["best_val_acc"] > 40, "a 784-100-10 STBP net must learn from 1000 digits on a GPU"
+
+
+def test_compiled_backend_over_many_shapes_never_crashes():
+    """Batch sizes and settings change during training and evaluation: the compiled path
+    recompiles with the sizes symbolic (or, past any compiler limit, runs the eager code with
+    a warning) — it never raises, and gives the eager spikes and gradients."""
+    why = lif_compiled._probe("cpu")
+    if why is not None:
+        pytest.skip(f"torch.compile cannot run on this machine: {why}")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a fallback may warn; it must not raise
+        for i, batch in enumerate(range(2, 13)):
+            x = (torch.randn(5, batch, 7, generator=torch.Generator().manual_seed(i)) * 0.6
+                 + 0.3).requires_grad_()
+            kw = dict(decay=0.2 + 0.01 * (i % 3), threshold=0.3)
+            s_c = lif(x, backend="compile", **kw)
+            s_e = lif(x, backend="torch", **kw)
+            assert torch.equal(s_c, s_e)
+            g = torch.randn(s_c.shape, generator=torch.Generator().manual_seed(9))
+            (a,) = torch.autograd.grad(s_c, x, g)
+            (b,) = torch.autograd.grad(s_e, x, g)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

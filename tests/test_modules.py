@@ -243,3 +243,16 @@ def test_encode_by_name():
     assert torch.equal(encoding.encode("direct", x, 2)[1], x)
     with pytest.raises(StbpError, match="unknown encoding 'poisson'"):
         encoding.encode("poisson", x, 2)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: layers.Conv2d(1, 4, 3, padding=(1, 2), decay=0.1, threshold=0.5), "Conv2d padding"),
+    (lambda: layers.Conv2d(1, 4, 3, stride=(1, 2), decay=0.1, threshold=0.5), "Conv2d stride"),
+    (lambda: layers.Conv2d(1, 4, 3, padding="same", decay=0.1, threshold=0.5), "Conv2d padding"),
+    (lambda: layers.Conv2d(1, 4, (3, 5), decay=0.1, threshold=0.5), "Conv2d kernel_size"),
+    (lambda: layers.AvgPool2d((2, 3)), "AvgPool2d kernel_size"),
+    (lambda: layers.AvgPool2d(2, stride=0), "AvgPool2d stride"),
+])
+def test_layer_shapes_stbp_cannot_run_are_refused_at_construction(make, message):
+    with pytest.raises(StbpError, match=message):
+        make()

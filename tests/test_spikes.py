@@ -324,7 +324,7 @@ def test_inference_second_backward_and_no_reference_cycle(mnist):
         del spikes
         out.sum().backward()
         # the membrane (overwritten by ε) belongs to the gradient now, even while the graph lives
-        assert held.released and held.membrane is None and held.input is None
+        assert held.spent and held.membrane is None and held.input is None
         del out, held
         assert origin() is None
     finally:
@@ -364,3 +364,45 @@ def test_terms_add_and_write_alike(term_kind):
     written = base.clone()
     term.write_to(written, 1, 3)
     torch.testing.assert_close(added - base, written, rtol=1e-5, atol=1e-6)
+
+
+class _Tent(Surrogate):
+    """A surrogate with a parameter of its own besides the width: the raised cosine above,
+    scaled by ``height`` (through its constants)."""
+
+    name = "tent"
+    curve = staticmethod(_h_cosine)  # any numba curve; the constants carry the parameters
+
+    def __init__(self, width: float = 1.0, height: float = 1.0) -> None:
+        super().__init__(width)
+        self.height = height
+
+    def constants(self):
+        return math.pi / self.width, self.height / (2 * self.width)
+
+    def derivative(self, x):
+        a = self.width
+        return torch.where(x.abs() < a, self.height * (1 + torch.cos(math.pi * x / a)) / (2 * a),
+                           torch.zeros_like(x))
+
+
+def test_surrogates_differ_by_every_parameter_and_the_kernels_see_it():
+    assert _Tent(1.0, 1.0) != _Tent(1.0, 3.0) and hash(_Tent(1.0, 2.0)) == hash(_Tent(1.0, 2.0))
+    x = _current((6, 3, 20), seed=3, dtype=torch.float32)
+    for height in (1.0, 3.0):  # the second must not reuse the first's cached constants
+        kw = dict(decay=0.3, threshold=0.3, surrogate=_Tent(0.8, height))
+        g = torch.randn(6, 3, 20, generator=torch.Generator().manual_seed(2))
+        (a,) = torch.autograd.grad(lif(x, **kw, backend="numba"), x, g)
+        (b,) = torch.autograd.grad(lif(x, **kw, backend="torch"), x, g)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_spikes_whose_layer_was_differentiated_through_are_refused_again():
+    """After the backward that wrote ε over a layer's membrane, its Spikes cannot feed a new
+    graph: an error, never a gradient silently dropped."""
+    l1, l2 = layers.Linear(40, 30, **NEURON), layers.Linear(30, 4, **NEURON)
+    x = (torch.rand(5, 3, 40, generator=torch.Generator().manual_seed(0)) < 0.3).to(torch.uint8)
+    h = l1(x, as_spikes=True)
+    l2(h).sum().backward()
+    with pytest.raises(StbpError, match="a second time"):
+        l2(h).sum().backward()

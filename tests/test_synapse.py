@@ -11,7 +11,7 @@ from stbp.errors import StbpError
 from stbp.functional import synapse
 from stbp.functional.lif import LIFParams, lif_with
 from stbp.kernels import pack as pack_kernel
-from stbp.kernels.runtime import HAVE_NUMBA
+from stbp.kernels.runtime import HAVE_NUMBA, Tuning
 from stbp.loss import rate_mse
 
 NEURON = dict(decay=0.1, threshold=0.5)
@@ -84,13 +84,13 @@ def _grads(fn, x, w, b):
 @pytest.mark.parametrize("spiking", [True, False])
 @pytest.mark.parametrize("input_grad", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_matches_f_linear(spiking, input_grad, bias, monkeypatch):
-    monkeypatch.setattr(synapse, "_CHUNK", 64)  # several chunks in the weight gradient
+def test_linear_matches_f_linear(spiking, input_grad, bias):
     x = _spikes(5, 4, 12) if spiking else torch.rand(5, 4, 12)
     x.requires_grad_(input_grad)
     w = torch.randn(7, 12)
     b = torch.randn(7) if bias else None
-    ours = _grads(synapse.linear, x, w, b)
+    tuning = Tuning(dense_chunk=64)  # several chunks in the weight gradient
+    ours = _grads(lambda *a: synapse.linear(*a, tuning=tuning), x, w, b)
     ref = _grads(F.linear, x, w, b)
     assert torch.equal(ours[0], ref[0])
     assert (ours[1] is not None) == input_grad
@@ -103,13 +103,13 @@ def test_linear_matches_f_linear(spiking, input_grad, bias, monkeypatch):
 @pytest.mark.parametrize("pool", [1, 2])
 @pytest.mark.parametrize("stride,padding", [(1, 2), (2, 0)])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad, monkeypatch):
-    monkeypatch.setattr(synapse, "_CONV_CHUNK", 500)
+def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad):
     x = F.avg_pool2d(_spikes(9, 3, 12, 12), pool)
     x.requires_grad_(input_grad)
     w = torch.randn(4, 3, 5, 5)
     b = torch.randn(4)
-    ours = _grads(lambda x, w, b: synapse.conv2d(x, w, b, stride, padding), x, w, b)
+    tuning = Tuning(conv_chunk=500)  # several chunks in the backward
+    ours = _grads(lambda x, w, b: synapse.conv2d(x, w, b, stride, padding, tuning=tuning), x, w, b)
     ref = _grads(lambda x, w, b: F.conv2d(x, w, b, stride, padding), x, w, b)
     assert torch.equal(ours[0], ref[0])
     assert (ours[1] is not None) == input_grad
@@ -121,15 +121,14 @@ def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad, monkeypatch)
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])
 @pytest.mark.parametrize("rows", [20, 5000])
-def test_byte_spikes_give_the_float_spikes_results(dtype, rows, monkeypatch):
+def test_byte_spikes_give_the_float_spikes_results(dtype, rows):
     """Spikes given as bytes: the same current and weight gradients as float spikes, the input
     kept as it is (no float copy), the forward converted chunk by chunk for many rows."""
-    monkeypatch.setattr(synapse, "_CHUNK", 64 * 12)  # 64-row chunks
-    monkeypatch.setattr(synapse, "_MIN_ROWS", 64)
+    tuning = Tuning(dense_chunk=64 * 12, dense_min_rows=64)  # 64-row chunks
     x = _spikes(rows, 2, 12)
     w = torch.randn(7, 12)
     b = torch.randn(7)
-    ours = _grads(synapse.linear, x.to(dtype), w, b)
+    ours = _grads(lambda *a: synapse.linear(*a, events=False, tuning=tuning), x.to(dtype), w, b)
     ref = _grads(F.linear, x, w, b)
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-6, atol=1e-6)
     assert ours[1] is None  # bytes have no gradient

@@ -91,9 +91,10 @@ class LIF(nn.Module):
             # mixed precision: half-precision synapses, membrane state kept in float32
             current = current.float()
             overwrite = True  # the float32 copy is ours
-        if self.record:
-            spikes, self.membrane = lif_with(current, self.params, as_spikes=as_spikes,
-                                             return_membrane=True, overwrite=overwrite)
+        if self.record:  # for reading only: the recorded potentials hold no graph
+            spikes, membrane = lif_with(current, self.params, as_spikes=as_spikes,
+                                        return_membrane=True, overwrite=overwrite)
+            self.membrane = membrane.detach()
             return spikes
         return lif_with(current, self.params, as_spikes=as_spikes, overwrite=overwrite)
 
@@ -202,6 +203,12 @@ class Conv2d(nn.Module):
         **settings,
     ) -> None:
         super().__init__()
+        for name, value in (("kernel_size", kernel_size), ("stride", stride),
+                            ("padding", padding)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (
+                    1 if name != "padding" else 0):
+                raise StbpError(f"Conv2d {name} must be an integer (the same in both dimensions) "
+                                f">= {1 if name != 'padding' else 0}, got {value!r}")
         self.synapse = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
         )
@@ -231,8 +238,12 @@ class AvgPool2d(nn.Module):
 
     def __init__(self, kernel_size: int, stride: int | None = None) -> None:
         super().__init__()
-        self.kernel_size = kernel_size
-        self.stride = stride if stride is not None else kernel_size
+        stride = stride if stride is not None else kernel_size
+        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StbpError(f"AvgPool2d {name} must be an integer >= 1 (square windows), got "
+                                f"{value!r}")
+        self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x: Tensor | Spikes) -> Tensor | Spikes:
         _check_steps_batch(x, 5, "AvgPool2d")

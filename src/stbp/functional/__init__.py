@@ -11,7 +11,6 @@
 """
 
 from stbp.functional.lif import (
-    BACKENDS,
     RESETS,
     LIFParams,
     NeuronOrigin,
@@ -33,7 +32,7 @@ from stbp.functional.surrogate import (
 )
 
 __all__ = [
-    "lif", "lif_reference", "lif_with", "LIFParams", "NeuronOrigin", "RESETS", "BACKENDS",
+    "lif", "lif_reference", "lif_with", "LIFParams", "NeuronOrigin", "RESETS",
     "Spikes", "Origin", "GradTerm", "DenseTerm",
     "Surrogate", "Rectangular", "Polynomial", "Sigmoid", "Gaussian", "ATan", "FastSigmoid",
     "SURROGATES", "get_surrogate",

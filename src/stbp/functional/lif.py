@@ -40,11 +40,9 @@ from stbp.functional.surrogate import Surrogate, get_surrogate
 from stbp.kernels import lif_torch
 from stbp.kernels.runtime import TUNING, Tuning
 
-__all__ = ["lif", "lif_with", "lif_reference", "LIFParams", "NeuronOrigin", "RESETS", "BACKENDS"]
+__all__ = ["lif", "lif_with", "lif_reference", "LIFParams", "NeuronOrigin", "RESETS"]
 
 RESETS = ("zero", "paper")
-#: the backend names at import time (:func:`stbp.kernels.names` lists those registered since)
-BACKENDS = kernels.names()
 
 
 @dataclass(frozen=True)
@@ -163,9 +161,10 @@ def _check_current(current: Tensor) -> None:
 
 
 _SECOND_BACKWARD = (
-    "backward through an stbp layer a second time: its saved membrane potentials were "
-    "released by the first backward (to save memory); to differentiate twice, build the "
-    "layers with backend='torch'"
+    "backward through an stbp layer a second time (or its spikes used again after a "
+    "backward): its saved membrane potentials were released by the first backward (to save "
+    "memory); to differentiate twice, call stbp.functional.lif itself, or build the layers "
+    "with backend='torch'"
 )
 
 
@@ -187,13 +186,15 @@ class NeuronOrigin(Origin):
         self.membrane, self.params, self.backend = membrane, params, backend
         self.reusable, self.tuning = reusable, tuning
         self.uses = 0
-        self.released = False
+        self.spent = False
 
     def use(self) -> None:
+        if self.spent:
+            raise StbpError(_SECOND_BACKWARD)
         self.uses += 1
 
     def backward(self, term: GradTerm | None, grad_membrane: Tensor | None = None) -> Tensor:
-        if self.released:
+        if self.spent:
             raise StbpError(_SECOND_BACKWARD)
         shape = self.membrane.shape
         steps = shape[0]
@@ -201,7 +202,7 @@ class NeuronOrigin(Origin):
         in_place = self.reusable and self.uses <= 1
         eps = flat if in_place else flat.clone()  # u^t, turned into ε^t by the backend
         if in_place:  # the returned gradient is the only owner of that memory from now on
-            self.released, self.membrane, self.input = True, None, None
+            self.spent, self.membrane, self.input = True, None, None
         run = self.backend.backward
         held = None if term is None else term.whole()
         if term is None or held is not None or grad_membrane is not None:
@@ -212,7 +213,7 @@ class NeuronOrigin(Origin):
         batch, per = samples(shape)
         step = chunk_samples(batch, steps * per * eps.element_size(),
                              self.tuning.neuron_chunk_bytes)
-        buf = torch.empty(steps * step * per, dtype=eps.dtype)
+        buf = torch.empty(steps * step * per, dtype=eps.dtype, device=eps.device)
         for b0 in range(0, batch, step):
             b1 = min(batch, b0 + step)
             part = buf[:steps * (b1 - b0) * per].view(steps, b1 - b0, *shape[2:])

@@ -72,6 +72,10 @@ class PooledOrigin(Origin):
         self.input = parent.input
         self.pooled_shape = torch.Size((*shape[:-2], shape[-2] // k, shape[-1] // k))
 
+    @property
+    def spent(self) -> bool:  # type: ignore[override]
+        return self.parent.spent
+
     def use(self) -> None:
         self.parent.use()
 
@@ -82,7 +86,7 @@ class PooledOrigin(Origin):
 
 
 def _poolable(x: Spikes, k: int) -> bool:
-    return (HAVE_NUMBA and x.divisor == 1 and x.dim() >= 3 and x.device.type == "cpu"
+    return (HAVE_NUMBA and isinstance(k, int) and x.divisor == 1 and x.dim() >= 3 and x.device.type == "cpu"
             and 1 <= k and k * k <= 255 and min(x.shape[-2:]) >= k)
 
 

@@ -76,6 +76,9 @@ class Origin(ABC):
     #: the tensor of the autograd graph that a consumer's Function takes as its input (its
     #: gradient is what :meth:`backward` returns); ``None`` when no gradient is needed
     input: Tensor | None
+    #: the state the backward needs is gone (written over by a first backward): a new consumer
+    #: is refused by :meth:`use`
+    spent: bool = False
 
     @abstractmethod
     def backward(self, term: GradTerm) -> Tensor:
@@ -91,7 +94,7 @@ class Spikes:
 
     ``codes``: ``uint8``, value = code / ``divisor``; ``dtype``: the float dtype they stand for;
     ``origin``: the way back for their gradient (``None``: no gradient). Made by the neuron
-    functions (:func:`stbp.functional.lif_spikes`) and by pooling; read by synapses
+    functions (:func:`stbp.functional.lif_with` with ``as_spikes=True``) and by pooling; read by synapses
     (:mod:`stbp.functional.synapse`), pooling and :class:`stbp.layers.Flatten`.
     """
 
@@ -122,7 +125,7 @@ class Spikes:
 
     @property
     def requires_grad(self) -> bool:
-        return self.origin is not None and self.origin.input is not None
+        return self.origin is not None and (self.origin.input is not None or self.origin.spent)
 
     # values --------------------------------------------------------------------------------
     def detach(self) -> Tensor:

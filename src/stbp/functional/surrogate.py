@@ -71,11 +71,13 @@ class Surrogate:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(width={self.width:g})"
 
+    # equal when of the same class with the same settings — every attribute, not only the
+    # width: a subclass's own parameters change its curve (and the kernels' cached constants)
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.width == other.width  # type: ignore[attr-defined]
+        return type(self) is type(other) and vars(self) == vars(other)
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.width))
+        return hash((type(self).__qualname__, tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
 
 
 class Rectangular(Surrogate):

@@ -27,15 +27,13 @@ from torch import Tensor
 from stbp.functional import events as _events
 from stbp.functional.spikes import Spikes
 from stbp.kernels import pack as pack_kernel
-from stbp.kernels.runtime import HAVE_NUMBA
+from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning
 
 __all__ = ["linear", "conv2d", "pack", "unpack", "is_byte_spikes", "QUANTUM"]
 
 #: codes are 36 × value: exact for spikes (0/1) and for 1×1, 2×2, 3×3 and 6×6 average pools of
 #: spikes, with values up to 255 / 36 ≈ 7.08
 QUANTUM = 36
-_CHUNK = 1 << 18  # elements per float chunk in a linear layer's backward (1 MiB of float32)
-_CONV_CHUNK = 1 << 22  # a convolution's backward works on larger chunks (oneDNN runs faster)
 
 def pack(x: Tensor) -> Tensor | None:
     """One-byte codes of ``x`` (``uint8``, value = code / 36), or ``None`` if not exact.
@@ -66,11 +64,8 @@ def unpack(codes: Tensor, dtype: torch.dtype) -> Tensor:
     return codes.to(dtype).div_(QUANTUM)
 
 
-_MIN_ROWS = 1024  # a weight-gradient matmul over fewer rows than this runs far below peak
-
-
-def _rows(n_per_row: int) -> int:
-    return max(_MIN_ROWS, _CHUNK // max(1, n_per_row))
+def _rows(n_per_row: int, tuning: Tuning) -> int:
+    return max(tuning.dense_min_rows, tuning.dense_chunk // max(1, n_per_row))
 
 
 def _save(ctx, x: Tensor, weight: Tensor, *, rows: bool = False) -> None:
@@ -101,8 +96,10 @@ def _input_chunk(ctx, saved: Tensor, lo: int, hi: int, dtype: torch.dtype) -> Te
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):  # type: ignore[override]
-        out = _linear_forward(x, weight, bias)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                tuning: Tuning):
+        out = _linear_forward(x, weight, bias, tuning)
+        ctx.tuning = tuning
         ctx.dtype = out.dtype
         ctx.has_bias = bias is not None
         _save(ctx, x, weight, rows=True)
@@ -120,7 +117,7 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             acc = torch.float32 if dtype != torch.float64 else dtype
             grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-            step = _rows(saved.shape[1])
+            step = _rows(saved.shape[1], ctx.tuning)
             for lo in range(0, saved.shape[0], step):
                 hi = min(lo + step, saved.shape[0])
                 x = _input_chunk(ctx, saved, lo, hi, dtype)
@@ -132,14 +129,15 @@ class _Linear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0, dtype=torch.float32 if dtype != torch.float64 else dtype)
             grad_b = grad_b.to(weight.dtype)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,  # type: ignore[override]
-                padding: int):
+                padding: int, tuning: Tuning):
         out = F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
+        ctx.tuning = tuning
         ctx.dtype = out.dtype
         ctx.has_bias = bias is not None
         ctx.stride, ctx.padding = stride, padding
@@ -157,7 +155,8 @@ class _Conv2d(torch.autograd.Function):
         grad_x = torch.empty(ctx.in_shape, dtype=dtype, device=g.device) if need_x else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=g.device) if need_w else None
         n = ctx.in_shape[0]
-        step = max(1, _CONV_CHUNK // int(torch.Size(ctx.in_shape[1:]).numel())) if need_w else n
+        step = (max(1, ctx.tuning.conv_chunk // int(torch.Size(ctx.in_shape[1:]).numel()))
+                if need_w else n)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             x = (_input_chunk(ctx, saved, lo, hi, dtype) if need_w
@@ -177,7 +176,7 @@ class _Conv2d(torch.autograd.Function):
             grad_w = grad_w.to(weight.dtype)
         if grad_x is not None:
             grad_x = grad_x.to(ctx.in_dtype)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def is_byte_spikes(x: Tensor) -> bool:
@@ -192,13 +191,13 @@ def _as_float(x: Tensor, weight: Tensor) -> Tensor:
     return x.to(weight.dtype) if is_byte_spikes(x) else x
 
 
-def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, tuning: Tuning) -> Tensor:
     """``F.linear``; byte spikes are turned into floats a chunk of rows at a time, so no
     full-size float copy of the input is made."""
     if not is_byte_spikes(x):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
-    step = _rows(rows.shape[1])
+    step = _rows(rows.shape[1], tuning)
     if rows.shape[0] <= step:
         return F.linear(_as_float(x, weight), weight, bias)
     first = F.linear(rows[:step].to(weight.dtype), weight, bias)
@@ -227,7 +226,7 @@ def _tracks(*tensors: Tensor | None) -> bool:
 
 
 def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
-           events: bool = True) -> Tensor:
+           events: bool = True, tuning: Tuning = TUNING) -> Tensor:
     """``F.linear`` (E1 for all rows at once) that saves a spiking input as one byte per value.
 
     Spikes held as bytes — a ``uint8``/``bool`` tensor, or :class:`Spikes` — run event-driven
@@ -236,18 +235,19 @@ def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
     """
     if events:
         x = _as_bytes(x, weight)
-        out = _events.linear(x, weight, bias)
+        out = _events.linear(x, weight, bias, tuning=tuning)
         if out is not None:
             return out
     if isinstance(x, Spikes):
         x = x.float()
     if not _tracks(x, weight, bias):
-        return _linear_forward(x, weight, bias)
-    return _Linear.apply(x, weight, bias)
+        return _linear_forward(x, weight, bias, tuning)
+    return _Linear.apply(x, weight, bias, tuning)
 
 
 def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
-           padding: int = 0, *, events: bool = True, steps: int = 0) -> Tensor:
+           padding: int = 0, *, events: bool = True, steps: int = 0,
+           tuning: Tuning = TUNING) -> Tensor:
     """``F.conv2d`` on ``[N, C, H, W]`` that saves a spiking input as one byte per value.
 
     ``x``: a tensor ``[N, C, H, W]``, or :class:`Spikes` ``[T, B, C, H, W]`` (the result is
@@ -258,11 +258,11 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
     time."""
     if events:
         x = _as_bytes(x, weight)
-        out = _events.conv2d(x, weight, bias, stride, padding, steps=steps)
+        out = _events.conv2d(x, weight, bias, stride, padding, steps=steps, tuning=tuning)
         if out is not None:
             return out
     if isinstance(x, Spikes):
         x = x.float().flatten(0, 1)
     if not _tracks(x, weight, bias):
         return F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
-    return _Conv2d.apply(x, weight, bias, stride, padding)
+    return _Conv2d.apply(x, weight, bias, stride, padding, tuning)

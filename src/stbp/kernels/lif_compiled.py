@@ -17,10 +17,13 @@ eager path, and ``backend="compile"`` falls back to it with a warning.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from stbp.kernels import lif_torch
 
 __all__ = ["supported", "forward", "backward"]
 
@@ -65,6 +68,9 @@ def _backward_impl(membrane: Tensor, grad_spikes: Tensor | None, grad_membrane: 
 @functools.cache
 def _compiled(name: str):
     fn = {"forward": _forward_impl, "backward": _backward_impl}[name]
+    # static shapes and settings, each guarded (dynamic=None made a float setting symbolic and,
+    # on torch 2.13, reused one setting's backward for another: wrong gradients); past dynamo's
+    # recompile limit :func:`_run` falls back to the eager code
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
@@ -90,15 +96,40 @@ def supported(current: Tensor, p: Any) -> str | None:
     return _probe(current.device.type)
 
 
+def _run(name: str, *args: Any):
+    """The compiled function, or ``None`` (after a warning, once) where compiling this case
+    fails — a recompile limit, a toolchain error — so that the caller runs the eager code."""
+    try:
+        return _compiled(name)(*args)
+    except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path instead
+        _warn_once(f"stbp: torch.compile failed for a case ({type(err).__name__}: "
+                   f"{str(err)[:200]}); running the eager path for it")
+        return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 def forward(current: Tensor, p: Any, overwrite: bool = False) -> tuple[Tensor, Tensor]:
     """Spikes and membrane potentials of all T steps (E2–E4'); ``overwrite`` is not used."""
-    return _compiled("forward")(current.detach(), p.decay, p.threshold, p.reset == "zero")
+    x = current.detach()
+    flat = x.reshape(x.shape[0], -1)  # [T, neurons]: one compiled shape per T, any batch
+    out = _run("forward", flat, p.decay, p.threshold, p.reset == "zero")
+    if out is None:
+        return lif_torch.forward(current, p, overwrite)
+    spikes, membrane = out
+    return spikes.view(x.shape), membrane.view(x.shape)
 
 
 def backward(eps: Tensor, p: Any, grad_spikes: Tensor | None, grad_membrane: Tensor | None,
              columns: tuple[int, int] | None = None) -> None:
     """Turn u^t in ``eps[:, lo:hi]`` into ε = ∂L/∂x for all T steps (E6–E7), in place."""
     lo, hi = (0, eps.shape[1]) if columns is None else columns
-    out = _compiled("backward")(eps[:, lo:hi], grad_spikes, grad_membrane, p.surrogate, p.decay,
-                                p.threshold, p.reset == "zero", p.temporal)
-    eps[:, lo:hi] = out
+    out = _run("backward", eps[:, lo:hi], grad_spikes, grad_membrane, p.surrogate, p.decay,
+               p.threshold, p.reset == "zero", p.temporal)
+    if out is None:
+        lif_torch.backward(eps, p, grad_spikes, grad_membrane, columns)
+    else:
+        eps[:, lo:hi] = out

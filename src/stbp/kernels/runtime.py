@@ -63,6 +63,15 @@ class Tuning:
         min_chunk: the fewest rows of a weight-gradient chunk.
         neuron_chunk_bytes: the gradient on a layer's spikes handed back in factored form is
             made this many bytes (a few samples) at a time inside the neuron's backward.
+        dense_chunk: values per chunk of a dense fully connected layer's input turned back
+            into floats (its forward over byte spikes, its weight gradient): 1 MiB of float32.
+        dense_min_rows: the fewest rows of such a chunk (a matmul over fewer runs far below
+            peak).
+        conv_chunk: values per chunk of a dense convolution's backward (oneDNN runs faster on
+            larger ones).
+
+    Kernel-internal block sizes that numba compiles in (``lif_cpu.BLOCK``,
+    ``sparse_linear.ROWS``) are constants of their kernels, not tuning values.
     """
 
     max_density: float = 0.25
@@ -72,6 +81,9 @@ class Tuning:
     parts: int = 8
     min_chunk: int = 16
     neuron_chunk_bytes: int = 1 << 22
+    dense_chunk: int = 1 << 18
+    dense_min_rows: int = 1024
+    conv_chunk: int = 1 << 22
 
 
 #: the values the library runs with
