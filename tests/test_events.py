@@ -495,14 +495,14 @@ def test_event_conv_over_changes_along_time_matches_f_conv2d(high, monkeypatch):
 
 
 def test_dense_float_spikes_are_read_once_and_saved_as_bytes(monkeypatch):
-    """Float 0/1 input too dense to sum (30 % here) takes the dense matmul, from the bytes
+    """Float 0/1 input too dense to sum (50 % here) takes the dense matmul, from the bytes
     found in the one pass over its values — not checked again to be saved."""
     from stbp.kernels import pack as pack_kernel
 
     calls = []
     real = pack_kernel.pack
     monkeypatch.setattr(pack_kernel, "pack", lambda *a: calls.append(1) or real(*a))
-    x = _bytes(6, 5, 50, rate=0.3).float()
+    x = _bytes(6, 5, 50, rate=0.5).float()
     w = torch.randn(7, 50, requires_grad=True)
     out = synapse.linear(x, w)
     assert type(out.grad_fn).__name__ == "_LinearBackward" and len(calls) == 1

@@ -345,7 +345,7 @@ def test_two_consumers_of_the_same_spikes():
                 + synapse.linear(spikes, w2, events=use_events).sum())
         loss.backward()
         results.append(x.grad)
-    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("term_kind", ["linear", "pool"])

@@ -17,7 +17,7 @@ from stbp.loss import rate_mse
 NEURON = dict(decay=0.1, threshold=0.5)
 
 
-def _spikes(*shape, rate=0.3, seed=0):
+def _spikes(*shape, rate=0.5, seed=0):  # denser than Tuning.max_density: the dense path
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(*shape, generator=g) < rate).float()
 

@@ -54,7 +54,10 @@ class Tuning:
     Attributes:
         max_density: above this fraction of nonzero inputs a synaptic layer uses the dense
             matmul/convolution (the event sums cost in proportion to the density; at MNIST's
-            13 % they take ~20 % of the dense forward's time).
+            13 % they take ~20 % of the dense forward's time). With random spikes at 30 % the
+            MLP step ran as fast event-driven as dense for byte input (63.6 vs 64.2 ms) and
+            1.4x faster for float input (65.6 vs 93.6 ms; `peers.py --input dense`, 2 threads,
+            docs/performance.md), hence 0.35.
         changes_ratio: the sums run over the changes of each sample's spike trains along time
             when those number fewer than this fraction of the spikes.
         cache_bytes: the part of the error a weight-gradient chunk reads (under one core's L2).
@@ -74,7 +77,7 @@ class Tuning:
     ``sparse_linear.ROWS``) are constants of their kernels, not tuning values.
     """
 
-    max_density: float = 0.25
+    max_density: float = 0.35
     changes_ratio: float = 0.75
     cache_bytes: int = 768 << 10
     private_bytes: int = 256 << 10
