@@ -64,3 +64,16 @@ def tiny_runs(tmp_path_factory):
     train(mlp, root / "mlp", data_dir=folder, limit_train=800, limit_eval=300, progress=False)
     train(cnn, root / "cnn", data_dir=folder, limit_train=300, limit_eval=200, progress=False)
     return {"mlp": root / "mlp", "cnn": root / "cnn", "data": folder}
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """The toy dataset declared in tests/test_registry.py, registered for one test (its folder)."""
+    from stbp.data import registry
+    from test_registry import TOY
+
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "toy.txt").write_text("toy\n")
+    with registry.registered(TOY):
+        yield tmp_path / "toy"
+    assert "toy" not in registry.names()

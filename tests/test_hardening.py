@@ -19,23 +19,14 @@ import torch
 import stbp.train as train_mod
 from stbp.cli import main
 from stbp.config import load_config
-from stbp.data import registry
 from stbp.errors import StbpError
 from stbp.runs import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_run
 from stbp.train import eval_run, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_registry import TINY, TOY  # noqa: E402 - the toy dataset, declared there
+from test_registry import TINY  # noqa: E402 - the toy dataset's settings (the `toy` fixture: conftest)
 
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture
-def toy(tmp_path):
-    (tmp_path / "toy").mkdir()
-    (tmp_path / "toy" / "toy.txt").write_text("toy\n")
-    with registry.registered(TOY):
-        yield tmp_path / "toy"
 
 
 def _cfg(*over: str):

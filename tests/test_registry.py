@@ -55,14 +55,6 @@ TINY = ["model.sizes=[16, 12, 2]", "encoding.steps=8", "train.epochs=1", "train.
         "train.eval_batch_size=16", "data.shift=0", "data.count=48"]
 
 
-@pytest.fixture
-def toy(tmp_path):
-    (tmp_path / "toy").mkdir()
-    (tmp_path / "toy" / "toy.txt").write_text("toy\n")
-    with registry.registered(TOY):
-        yield tmp_path / "toy"
-    assert "toy" not in registry.names()
-
 
 def test_builtin_datasets_register_themselves():
     assert registry.names() == ["mnist", "nmnist", "folder"]

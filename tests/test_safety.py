@@ -20,20 +20,11 @@ import stbp.train as train_mod
 from stbp import budget, io, runlock
 from stbp.cli import main
 from stbp.config import load_config
-from stbp.data import registry
 from stbp.errors import StbpError
 from stbp.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_registry import TINY, TOY  # noqa: E402 - the toy dataset, declared there
-
-
-@pytest.fixture
-def toy(tmp_path):
-    (tmp_path / "toy").mkdir()
-    (tmp_path / "toy" / "toy.txt").write_text("toy\n")
-    with registry.registered(TOY):
-        yield tmp_path / "toy"
+from test_registry import TINY  # noqa: E402 - the toy dataset's settings (the `toy` fixture: conftest)
 
 
 def _cfg(*over: str):

@@ -4,6 +4,7 @@ surrogate and a backend defined here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import math
@@ -151,7 +152,7 @@ def test_linear_term_made_in_chunks_equals_the_dense_gradient(surrogate, reset, 
     spikes = lif_with(x * 1.0, p, as_spikes=True)
     ref = spikes.origin.backward(DenseTerm((err @ w).reshape(steps, batch, feats)))
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
-    (eager,) = torch.autograd.grad(lif(x, p.replace(backend="torch")),
+    (eager,) = torch.autograd.grad(lif(x, dataclasses.replace(p, backend="torch")),
                                    x, (err @ w).reshape(steps, batch, feats))
     torch.testing.assert_close(ours, eager, rtol=1e-10, atol=1e-12)
 

@@ -55,11 +55,6 @@ def _constant_in_time(x: Tensor | Spikes) -> bool:
     return isinstance(x, Tensor) and x.shape[0] > 1 and x.stride(0) == 0
 
 
-def _floats(x: Tensor | Spikes) -> Tensor:
-    """:class:`Spikes` as a float tensor, for a layer that needs one; a tensor unchanged."""
-    return x.float() if isinstance(x, Spikes) else x
-
-
 class LIF(nn.Module):
     """A layer of iterative LIF neurons (E2–E4) with STBP gradients; no parameters.
 
@@ -123,7 +118,7 @@ class Analog(nn.Module):
         """``relu(current)`` (or ``current``); the same call signature as :meth:`LIF.fire`
         (always a float tensor)."""
         del overwrite, as_spikes
-        current = _floats(current)
+        current = current.float() if isinstance(current, Spikes) else current
         return torch.relu(current) if self.activation == "relu" else current
 
     def extra_repr(self) -> str:

@@ -28,7 +28,7 @@ reference that the backends are tested against.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -117,20 +117,6 @@ class LIFParams:
             raise StbpError(f"give the neuron either LIFParams or settings, not both "
                             f"(got {', '.join(sorted(settings))} besides)")
         return params
-
-    def replace(self, **changes) -> LIFParams:
-        """A copy with some settings changed (validated again)."""
-        values = {**self.settings(), **changes}
-        if "surrogate" in changes and "width" not in changes:
-            values.pop("width")
-        return LIFParams(**values)
-
-    def settings(self) -> dict:
-        """The settings as plain values (the surrogate by name), as a config's ``[neuron]``."""
-        out = asdict(self)
-        out["surrogate"] = self.surrogate.name if self.surrogate.name != "callable" else (
-            self.surrogate)
-        return out
 
     # f(o) and f'(o) of E4 / E4' -------------------------------------------------------------
     def leak(self, spikes: Tensor) -> Tensor:

@@ -17,13 +17,13 @@ eager path, and ``backend="compile"`` falls back to it with a warning.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from stbp.kernels import lif_torch
+from stbp.kernels.runtime import warn_once
 
 __all__ = ["supported", "forward", "backward"]
 
@@ -102,14 +102,9 @@ def _run(name: str, *args: Any):
     try:
         return _compiled(name)(*args)
     except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path instead
-        _warn_once(f"stbp: torch.compile failed for a case ({type(err).__name__}: "
+        warn_once(f"stbp: torch.compile failed for a case ({type(err).__name__}: "
                    f"{str(err)[:200]}); running the eager path for it")
         return None
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def forward(current: Tensor, p: Any, overwrite: bool = False) -> tuple[Tensor, Tensor]:

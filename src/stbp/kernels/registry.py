@@ -14,14 +14,13 @@ float spikes through an ordinary autograd Function.
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from stbp.errors import StbpError
+from stbp.kernels.runtime import warn_once
 
 __all__ = ["NeuronBackend", "register", "unregister", "get", "names", "choose"]
 
@@ -89,7 +88,7 @@ def choose(name: str, current: Tensor, params: object) -> NeuronBackend:
         backend = get(name)
         why = backend.supported(current, params)
         if why is not None and backend.fallback is not None:
-            _warn_once(f"stbp: backend {name!r} falls back to the {backend.fallback!r} backend "
+            warn_once(f"stbp: backend {name!r} falls back to the {backend.fallback!r} backend "
                        f"({why})")
             return get(backend.fallback)
         if why is not None:
@@ -100,8 +99,3 @@ def choose(name: str, current: Tensor, params: object) -> NeuronBackend:
         if device in backend.devices and backend.supported(current, params) is None:
             return backend
     return get("torch")
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=5)

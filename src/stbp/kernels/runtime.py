@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,7 +28,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     nb = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "nb", "threads", "Tuning", "TUNING"]
+__all__ = ["HAVE_NUMBA", "nb", "threads", "warn_once", "Tuning", "TUNING"]
 
 
 @contextlib.contextmanager
@@ -45,6 +47,12 @@ def threads() -> Iterator[int]:
     finally:
         if n != before:
             nb.set_num_threads(before)
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A ``RuntimeWarning`` shown once per process and message (a backend falling back)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
