@@ -10,7 +10,7 @@ import torch
 import stbp.train as train_mod
 from stbp.cli import main
 from stbp.config import load_config
-from stbp.train import train
+from stbp.train import build_model, train
 
 SMALL = ["--limit-train", "1000", "--limit-eval", "500", "--no-progress"]
 
@@ -50,8 +50,9 @@ def test_cli_train_then_eval(mnist_dir, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
-def test_resume_gives_the_uninterrupted_result(mnist_dir, tmp_path, monkeypatch):
-    cfg = _cfg(epochs=3)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_gives_the_uninterrupted_result(mnist_dir, tmp_path, monkeypatch, ema):
+    cfg = _cfg(epochs=3, ema=ema)
     kw = dict(data_dir=mnist_dir, limit_train=600, limit_eval=300, progress=False)
     full = train(cfg, tmp_path / "full", **kw)
 
@@ -74,10 +75,41 @@ def test_resume_gives_the_uninterrupted_result(mnist_dir, tmp_path, monkeypatch)
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if ema:  # the trained weights too, not only their average
+        a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["trained"]
+        b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["trained"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = lambda d: [  # noqa: E731
         {k: v for k, v in json.loads(x).items() if "seconds" not in k and "per_s" not in k}
         for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert metrics(tmp_path / "full") == metrics(tmp_path / "cut")
+
+
+def test_ema_is_what_is_evaluated_and_saved(mnist_dir, tmp_path, capsys):
+    """train.ema > 0: the moving average of the weights is scored every epoch and saved as the
+    checkpoints' ``model``; ``last.pt`` keeps the trained weights apart to resume from."""
+    out = tmp_path / "run"
+    summary = train(_cfg(epochs=2, ema=0.95), out, data_dir=mnist_dir, limit_train=600,
+                    limit_eval=300, progress=False)
+    last = torch.load(out / "last.pt", weights_only=True)
+    avg, trained = last["model"], last["trained"]
+    assert set(avg) == set(trained)
+    assert any(not torch.allclose(avg[k], trained[k]) for k in avg), "the average is not the weights"
+    # the average lags the trained weights: it sits between the start and the end
+    start = build_model(_cfg(epochs=2, ema=0.95)).state_dict()  # seeded as train() builds it
+    w = "1.synapse.weight"
+    assert (avg[w] - trained[w]).norm() < (start[w] - trained[w]).norm()
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--data-dir", str(mnist_dir), "--limit-eval", "300"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["val_acc"] == summary["best_val_acc"] and result["test_acc"] == summary["test_acc"]
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "0.5"])
+def test_ema_setting_is_checked(value):
+    from stbp.errors import StbpError
+    with pytest.raises(StbpError, match="ema"):
+        _cfg(ema=f'"{value}"' if isinstance(value, str) else value)
 
 
 def test_cli_presets(capsys):

@@ -86,6 +86,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "lr": (checks.positive_number, True),
         "momentum": (checks.nonneg_number, False),
         "weight_decay": (checks.nonneg_number, False),
+        "ema": (checks.number_in(0.0, 1.0, high_open=True), False),
         "schedule": (checks.one_of("none", "cosine", "step"), False),
         "step_epochs": (checks.positive_int, False),
         "step_gamma": (checks.positive_number, False),
@@ -102,7 +103,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "neuron": LIFParams.defaults(),
     "encoding": {"kind": "bernoulli"},
     "train": {
-        "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
+        "eval_batch_size": 1000, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "ema": 0.0,
         "schedule": "cosine", "step_epochs": 30, "step_gamma": 0.1, "loss": "mse", "ce_scale": 10.0,
         "seed": 0, "precision": "fp32", "device": "auto",
     },

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from stbp import budget, distributed, seeds
 from stbp.config import dataset_info, differences, resolve_dataset, to_toml, validate
@@ -174,6 +175,7 @@ class _Run:
     net: nn.Module
     opt: torch.optim.Optimizer
     sched: Any
+    ema: AveragedModel | None  # the moving average of the weights (train.ema > 0)
     loss_fn: Any
     data_source: str
     limits: dict[str, int | None]
@@ -188,12 +190,21 @@ class _Run:
     def main(self) -> bool:
         return self.group.is_main
 
+    @property
+    def scored(self) -> SpikingNet:
+        """The network evaluated and saved as ``model``: the moving average of the weights when
+        train.ema > 0, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
     def checkpoint(self, epoch: int, **extra: Any) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "config": self.cfg, "model": self.model.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "config": self.cfg, "model": self.scored.state_dict(),
                 "epoch": epoch, **extra, "limits": self.limits, "data_dir": self.data_source}
 
     def save_last(self, epoch: int, **extra: Any) -> None:
-        """``last.pt``: everything needed to resume after ``epoch``."""
+        """``last.pt``: everything needed to resume after ``epoch`` (with train.ema > 0 also the
+        trained weights and the average's state)."""
+        if self.ema is not None:
+            extra.update(trained=self.model.state_dict(), ema=self.ema.state_dict())
         atomic_save(self.checkpoint(epoch, optimizer=self.opt.state_dict(),
                                     scheduler=self.sched.state_dict(), history=self.history,
                                     best=self.best, seconds=self.seconds, **extra),
@@ -221,8 +232,10 @@ def _start(cfg: dict[str, Any], out: Path, state: dict[str, Any] | None, *, devi
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if group.world > 1 else model
     opt = _optimizer(model, tcfg)
     sched = _schedule(opt, tcfg, math.ceil(len(splits["train"]) / tcfg["batch_size"]))
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg["ema"]), use_buffers=True)
+           if tcfg["ema"] > 0 else None)
     run = _Run(cfg=cfg, out=out, device=device, group=group, splits=splits, model=model, net=net,
-               opt=opt, sched=sched, loss_fn=_loss(tcfg), data_source=str(folder.resolve()),
+               opt=opt, sched=sched, ema=ema, loss_fn=_loss(tcfg), data_source=str(folder.resolve()),
                limits=limits)
     log = _log if run.main else (lambda _msg: None)
     if run.main:
@@ -240,7 +253,9 @@ def _start(cfg: dict[str, Any], out: Path, state: dict[str, Any] | None, *, devi
             + (f", on {device}" if device.type != "cpu" else "")
         )
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["trained"] if ema is not None else state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         run.history, run.best, run.seconds = state["history"], state["best"], state["seconds"]
@@ -320,6 +335,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
             lr_used = run.opt.param_groups[0]["lr"]
             run.opt.step()
             run.sched.step()
+            if run.ema is not None:
+                run.ema.update_parameters(run.model)
             batch_loss, batch_correct = group.all_sum(
                 [float(loss.detach()) * len(y), float((predict(out_spikes.detach()) == y).sum())])
             if not math.isfinite(batch_loss):  # every process sees the same sum: all stop
@@ -375,8 +392,8 @@ def _end_epoch(run: _Run, epoch: int, stats: dict[str, Any]) -> None:
               precision=tcfg["precision"])
     val_split = run.splits["val"]
     val_spikes = torch.zeros(dataset_info(cfg["data"]).classes)
-    val_acc = evaluate(run.model, val_split, steps, seed=seed, output_spikes=val_spikes, **ev)
-    test_acc = evaluate(run.model, run.splits["test"], steps, seed=seed + 1, **ev)
+    val_acc = evaluate(run.scored, val_split, steps, seed=seed, output_spikes=val_spikes, **ev)
+    test_acc = evaluate(run.scored, run.splits["test"], steps, seed=seed + 1, **ev)
     run.seconds += time.perf_counter() - t0
     silent = ([int(k) for k in torch.nonzero(val_spikes == 0).flatten()]
               if cfg["model"]["spiking"] else [])
