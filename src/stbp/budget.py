@@ -17,6 +17,7 @@ allocator (or the kernel's OOM killer) minutes later. ``STBP_MEMORY_CHECK=off`` 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -62,11 +63,13 @@ def layer_sizes(cfg: dict[str, Any]) -> tuple[int, list[int]]:
     if model["kind"] == "mlp":
         return c * h * w, list(model["sizes"][1:])
     neurons = []
+    k, same = model.get("kernel_size", 5), model.get("padding", "same") == "same"
     for ch in model.get("channels", [15, 40]):
-        neurons.append(ch * h * w)  # 'same' padding: the conv keeps the size, the pool halves it
+        if not same:  # a 'valid' conv loses k - 1; a 'same' one keeps the size
+            h, w = h - k + 1, w - k + 1
+        neurons.append(ch * h * w)
         h, w = h // 2, w // 2
-    c, h, w = ds.input
-    return c * h * w, neurons + list(model.get("hidden", [300])) + [ds.classes or 2]
+    return math.prod(ds.input), neurons + list(model.get("hidden", [300])) + [ds.classes or 2]
 
 
 def parameter_count(cfg: dict[str, Any]) -> int:
@@ -76,10 +79,12 @@ def parameter_count(cfg: dict[str, Any]) -> int:
     if model["kind"] == "mlp":
         sizes = model["sizes"]
         return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-    k = model.get("kernel_size", 5)
+    k, same = model.get("kernel_size", 5), model.get("padding", "same") == "same"
     total, prev = 0, c
     for ch in model.get("channels", [15, 40]):
         total += prev * ch * k * k + ch
+        if not same:
+            h, w = h - k + 1, w - k + 1
         prev, h, w = ch, h // 2, w // 2
     dims = [prev * h * w, *model.get("hidden", [300]), dataset_info(cfg["data"]).classes or 2]
     return total + sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=False))

@@ -25,6 +25,7 @@ from stbp.data import registry
 from stbp.data.registry import dataset_info
 from stbp.errors import StbpError
 from stbp.functional.lif import LIFParams
+from stbp.models import PADDINGS, conv_stage_sides
 
 __all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override",
            "dataset_info", "with_dataset", "resolve_dataset", "validate", "differences"]
@@ -61,6 +62,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "channels": (checks.int_list, False),
         "hidden": (checks.int_list, False),
         "kernel_size": (checks.positive_int, False),
+        "padding": (checks.one_of(*PADDINGS), False),
         "init": (checks.one_of("paper", "default"), False),
         "spiking": (checks.boolean, False),
     },
@@ -167,7 +169,7 @@ def parse_override(text: str) -> dict[str, Any]:
 #: [model] keys that apply to each kind of network.
 MODEL_KEYS = {
     "mlp": {"kind", "sizes", "init", "spiking"},
-    "cnn": {"kind", "channels", "hidden", "kernel_size", "init", "spiking"},
+    "cnn": {"kind", "channels", "hidden", "kernel_size", "padding", "init", "spiking"},
 }
 
 
@@ -244,17 +246,28 @@ def _check_model(cfg: dict[str, Any], source: str) -> None:
                 f"number of {data['dataset']} classes"
             )
     else:
-        kernel = model.get("kernel_size", 5)
-        if kernel % 2 == 0:
+        kernel, padding = model.get("kernel_size", 5), model.get("padding", "same")
+        if kernel % 2 == 0 and padding == "same":
             raise StbpError(
                 f"config {source}: [model] kernel_size = {kernel} must be odd ('same' padding)"
             )
         pools = len(model.get("channels", [15, 40]))
-        if h >> pools < 1:
+        fit = 0
+        while fit < pools and _stages_fit(min(h, w), fit + 1, kernel, padding):
+            fit += 1
+        if fit < pools:
             raise StbpError(
                 f"config {source}: [model] channels has {pools} conv+pool stages; {h}x{w} "
-                f"{data['dataset']} images allow at most {h.bit_length() - 1}"
-            )
+                f"{data['dataset']} images allow at most {fit} with {kernel}x{kernel} "
+                f"{padding!r} convolutions")
+
+
+def _stages_fit(side: int, stages: int, kernel: int, padding: str) -> bool:
+    try:
+        conv_stage_sides(side, stages, kernel, padding)
+    except StbpError:
+        return False
+    return True
 
 
 def validate(cfg: dict[str, Any], source: str) -> dict[str, Any]:

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from stbp import seeds
-from stbp.data.scenes import SceneSpec, box_iou, crop_resize
+from stbp.data.scenes import SceneSpec, box_iou, crop_resize, rescale
 from stbp.errors import StbpError
+from stbp.fullconv import fully_convolutional
 from stbp.io import atomic_write
 from stbp.loss import firing_rate
 
@@ -41,6 +42,9 @@ __all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Dete
 
 DEFAULT_SCALES: tuple[int, ...] = SceneSpec().window_scales
 DEFAULT_STRIDE = 0.25
+#: how a :class:`Detector` runs its windows: "shared" (one fully convolutional pass per scale),
+#: "each" (every window on its own: the reference), "auto" (shared where the network allows)
+WINDOW_MODES = ("auto", "shared", "each")
 _DETECT_SEED = 4_000_037
 
 
@@ -175,7 +179,7 @@ class Detector:
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], *, background: str = "background",
                  scales: tuple[int, ...] | list[int] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
-                 vote: bool = True, batch_size: int = 1000) -> None:
+                 vote: bool = True, batch_size: int = 1000, windows: str = "auto") -> None:
         data = cfg["data"]
         classes = data.get("classes") if data["dataset"] == "folder" else [str(i) for i in range(10)]
         if background not in classes:
@@ -191,6 +195,18 @@ class Detector:
         self.size = data["size"] if data["dataset"] == "folder" else 28
         self.color = data.get("color", "gray")
         self.batch_size = batch_size
+        if windows not in WINDOW_MODES:
+            raise StbpError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {windows!r}")
+        shareable = cfg["model"]["kind"] == "cnn" and cfg["model"].get("padding") == "valid"
+        if windows == "shared" and not shareable:
+            raise StbpError("shared windows need a CNN with unpadded convolutions ([model] padding = "
+                            "\"valid\"): a padded convolution sees zeros at every window's border, which "
+                            "one pass over the image cannot reproduce; use windows 'each'")
+        #: "shared": every window of a scale from one pass over the rescaled image
+        #: (:mod:`stbp.fullconv`); "each": every window cropped, resized and run on its own
+        self.windows = "shared" if windows == "auto" and shareable else (
+            "each" if windows == "auto" else windows)
+        self.shared = fully_convolutional(self.model) if self.windows == "shared" else None
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", **kwargs) -> Detector:
@@ -219,16 +235,30 @@ class Detector:
     @torch.no_grad()
     def score_windows(self, image: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every window of ``image`` (uint8 ``[C, H, W]``): boxes ``[K, 4]``, scores ``[K]`` and the
-        index of the best object class ``[K]``."""
-        from stbp.data.splits import ImageSplit
-        from stbp.runs import autocast
-
+        index of the best object class ``[K]`` (windows 'shared' or 'each', see the class)."""
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[None]
-        boxes = window_grid(image.shape[-2], image.shape[-1], self.scales, self.stride)
+        if self.shared is not None:
+            boxes, rate = self._shared_rates(image, seed)
+        else:
+            boxes, rate = self._each_rates(image, seed)
         if not len(boxes):
             return boxes, np.zeros(0), np.zeros(0, np.int64)
+        objects = [i for i in range(len(self.classes)) if i != self.background]
+        best = np.asarray(objects)[np.argmax(rate[:, objects], axis=1)]
+        score = (rate[np.arange(len(rate)), best] - rate[:, self.background] + 1) / 2
+        return boxes, score.astype(np.float64), best
+
+    def _each_rates(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reference: every window of :func:`window_grid` cropped, resized to the network's
+        input (:func:`crop_resize`), encoded and run on its own → boxes, output rates ``[K, classes]``."""
+        from stbp.data.splits import ImageSplit
+        from stbp.runs import autocast
+
+        boxes = window_grid(image.shape[-2], image.shape[-1], self.scales, self.stride)
+        if not len(boxes):
+            return boxes, np.zeros((0, len(self.classes)))
         windows = ImageSplit(crop_resize(image, boxes, self.size), torch.zeros(len(boxes), dtype=torch.long))
         steps, kind = self.cfg["encoding"]["steps"], self.cfg["encoding"]["kind"]
         gen = seeds.generator(_DETECT_SEED, seed)
@@ -238,11 +268,48 @@ class Detector:
             x = windows.inputs(idx, steps=steps, kind=kind, generator=gen)
             with autocast(self.cfg["train"]["precision"]):
                 rates.append(firing_rate(self.model(x)).float())
-        rate = torch.cat(rates).numpy()
-        objects = [i for i in range(len(self.classes)) if i != self.background]
-        best = np.asarray(objects)[np.argmax(rate[:, objects], axis=1)]
-        score = (rate[np.arange(len(rate)), best] - rate[:, self.background] + 1) / 2
-        return boxes, score.astype(np.float64), best
+        return boxes, torch.cat(rates).numpy()
+
+    def pyramid(self, image: np.ndarray) -> list[tuple[int, torch.Tensor]]:
+        """The image rescaled for each window side in ``scales`` that fits it, so that a window of
+        that side becomes the network's input size: ``[(side, uint8 [C, h, w]), …]``."""
+        h, w = image.shape[-2:]
+        levels = []
+        for side in sorted(set(self.scales)):
+            if side > h or side > w:
+                continue
+            f = self.size / side
+            levels.append((side, rescale(image, max(self.size, round(h * f)), max(self.size, round(w * f)))))
+        return levels
+
+    def _shared_rates(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every window of every pyramid level from one pass of the fully convolutional network
+        over the level (windows every ``shared.stride`` pixels of the level, i.e. every
+        ``stride · side / size`` pixels of the image) → boxes in image pixels, rates ``[K, classes]``."""
+        from stbp.encoding import encode
+        from stbp.runs import autocast
+
+        assert self.shared is not None
+        steps, kind = self.cfg["encoding"]["steps"], self.cfg["encoding"]["kind"]
+        gen = seeds.generator(_DETECT_SEED, seed)
+        h, w = image.shape[-2:]
+        all_boxes, all_rates = [], []
+        for side, level in self.pyramid(image):
+            x = encode(kind, level[None].float().div_(255.0), steps, generator=gen,
+                       spike_dtype=torch.uint8)
+            with autocast(self.cfg["train"]["precision"]):
+                out = self.shared.net(x)  # [T, 1, classes, rows, cols]
+            rate = firing_rate(out).float()[0]  # [classes, rows, cols]
+            rows, cols = rate.shape[-2:]
+            f = side / self.size
+            ys = np.minimum(np.rint(np.arange(rows) * self.shared.stride * f), h - side).astype(np.int64)
+            xs = np.minimum(np.rint(np.arange(cols) * self.shared.stride * f), w - side).astype(np.int64)
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            all_boxes.append(np.stack([xx, yy, xx + side, yy + side], -1).reshape(-1, 4))
+            all_rates.append(rate.flatten(1).T.numpy())
+        if not all_boxes:
+            return np.zeros((0, 4), np.int64), np.zeros((0, len(self.classes)))
+        return np.concatenate(all_boxes), np.concatenate(all_rates)
 
     def detect(self, image: np.ndarray, *, min_score: float = 0.5, nms_iou: float = 0.3,
                seed: int = 0) -> list[Detection]:

@@ -13,7 +13,12 @@ from stbp.functional.lif import LIFParams
 from stbp.functional.spikes import Spikes
 from stbp.init import paper_init_
 
-__all__ = ["SpikingNet", "mlp", "cnn", "build"]
+__all__ = ["SpikingNet", "mlp", "cnn", "build", "PADDINGS", "conv_stage_sides"]
+
+#: a CNN's convolutions: "same" (zero padding k // 2, the paper's) or "valid" (no padding: every
+#: output sees only its input window, so a network over a large image computes exactly what it
+#: computes on each window — :func:`stbp.fullconv.fully_convolutional`)
+PADDINGS = ("same", "valid")
 
 
 class SpikingNet(nn.Sequential):
@@ -54,6 +59,20 @@ def _activations(n: int, spiking: bool) -> list[str]:
     return ["lif"] * n if spiking else ["relu"] * (n - 1) + ["identity"]
 
 
+def conv_stage_sides(side: int, stages: int, kernel_size: int, padding: str) -> list[int]:
+    """The image side after each conv + 2×2-pool stage of :func:`cnn` (an error if it vanishes)."""
+    if padding not in PADDINGS:
+        raise StbpError(f"cnn padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    sides = []
+    for _ in range(stages):
+        side = (side if padding == "same" else side - kernel_size + 1) // 2
+        if side < 1:
+            raise StbpError(f"cnn: {stages} conv+pool stages with {kernel_size}x{kernel_size} "
+                            f"{padding!r} convolutions leave nothing of the input")
+        sides.append(side)
+    return sides
+
+
 def _finish(net: SpikingNet, init: str, seed: int | None) -> SpikingNet:
     if init == "paper":
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -91,6 +110,7 @@ def cnn(
     image_size: int = 28,
     channels: Sequence[int] = (15, 40),
     kernel_size: int = 5,
+    padding: str = "same",
     hidden: Sequence[int] = (300,),
     classes: int = 10,
     init: str = "paper",
@@ -101,27 +121,27 @@ def cnn(
 ) -> SpikingNet:
     """The paper's CNN, 28×28-15C5-P2-40C5-P2-300-10, by default.
 
-    Each ``C`` is a 'same'-padded conv + LIF, each ``P2`` a 2×2 average pooling of spikes.
-    Input spikes ``[T, B, in_channels, image_size, image_size]``; output ``[T, B, classes]``.
+    Each ``C`` is a conv + LIF ('same'-padded, the paper's, or ``padding="valid"``: unpadded),
+    each ``P2`` a 2×2 average pooling of spikes. Input spikes
+    ``[T, B, in_channels, image_size, image_size]``; output ``[T, B, classes]``.
     ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output).
     """
     params = LIFParams.of(neuron, **settings)
-    if kernel_size % 2 == 0:
+    if kernel_size % 2 == 0 and padding == "same":
         raise StbpError(f"cnn kernel_size must be odd (same padding), got {kernel_size}")
-    size = image_size
+    sides = conv_stage_sides(image_size, len(channels), kernel_size, padding)
     mods: list[nn.Module] = []
     prev = in_channels
     dims_count = len(channels) + len(hidden) + 1
     acts = iter(_activations(dims_count, spiking))
     for c in channels:
-        if size < 2:
-            raise StbpError(f"cnn: image_size {image_size} is too small for {len(channels)} pools")
         mods += [
-            layers.Conv2d(prev, c, kernel_size, padding=kernel_size // 2, activation=next(acts),
-                          neuron=params),
+            layers.Conv2d(prev, c, kernel_size, padding=kernel_size // 2 if padding == "same" else 0,
+                          activation=next(acts), neuron=params),
             layers.AvgPool2d(2),
         ]
-        prev, size = c, size // 2
+        prev = c
+    size = sides[-1] if sides else image_size
     mods.append(layers.Flatten())
     dims = [prev * size * size, *hidden, classes]
     mods += [layers.Linear(a, b, activation=next(acts), neuron=params)

@@ -26,7 +26,7 @@ from stbp.functional.lif import LIFParams
 from stbp.loss import predict
 from stbp.models import SpikingNet, build
 
-__all__ = ["CHECKPOINT_FORMAT", "build_model", "model_shapes", "autocast", "resolve_device",
+__all__ = ["CHECKPOINT_FORMAT", "build_model", "describe_model", "model_shapes", "autocast", "resolve_device",
            "evaluate", "load_checkpoint", "model_from_checkpoint", "load_run", "eval_run",
            "saved_limit_eval", "strict_json"]
 
@@ -57,6 +57,22 @@ def build_model(cfg: dict[str, Any]) -> SpikingNet:
     if kind == "cnn":
         model.update(in_channels=ds.input[0], image_size=ds.input[1], classes=ds.classes)
     return build(kind, seed=cfg["train"]["seed"], neuron=LIFParams(**cfg["neuron"]), **model)
+
+
+def describe_model(cfg: dict[str, Any]) -> str:
+    """The network a validated config describes, in the paper's notation: "MLP 784-800-10",
+    "CNN 28x28-15C5-P2-40C5-P2-300-10" (a 'valid' convolution is written C5v)."""
+    m = cfg["model"]
+    what = "" if m.get("spiking", True) else "non-spiking "
+    if m["kind"] == "mlp":
+        return what + "MLP " + "-".join(str(s) for s in m["sizes"])
+    k, chans, hidden = m.get("kernel_size", 5), m.get("channels", [15, 40]), m.get("hidden", [300])
+    ds = dataset_info(cfg["data"])
+    return what + "CNN " + "-".join(
+        ["x".join(str(d) for d in ds.input[1:])]
+        + [f"{c}C{k}{'v' if m.get('padding') == 'valid' else ''}-P2" for c in chans]
+        + [str(h) for h in hidden] + [str(ds.classes)]
+    )
 
 
 def model_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -34,6 +34,7 @@ from stbp.runs import (
     CHECKPOINT_FORMAT,
     autocast,
     build_model,
+    describe_model,
     eval_run,
     evaluate,
     load_checkpoint,
@@ -78,19 +79,6 @@ def _loss(tcfg: dict[str, Any]):
     if tcfg["loss"] == "cross_entropy":
         return get_loss("cross_entropy", scale=tcfg["ce_scale"])
     return get_loss(tcfg["loss"])
-
-
-def _describe(cfg: dict[str, Any]) -> str:
-    m = cfg["model"]
-    what = "" if m.get("spiking", True) else "non-spiking "
-    if m["kind"] == "mlp":
-        return what + "MLP " + "-".join(str(s) for s in m["sizes"])
-    k, chans, hidden = m.get("kernel_size", 5), m.get("channels", [15, 40]), m.get("hidden", [300])
-    ds = dataset_info(cfg["data"])
-    return what + "CNN " + "-".join(
-        ["x".join(str(d) for d in ds.input[1:])] + [f"{c}C{k}-P2" for c in chans]
-        + [str(h) for h in hidden] + [str(ds.classes)]
-    )
 
 
 def _log(msg: str) -> None:
@@ -246,7 +234,7 @@ def _start(cfg: dict[str, Any], out: Path, state: dict[str, Any] | None, *, devi
             "nothing to resume — its summary:")
     else:
             log(
-            f"stbp: {_describe(cfg)} on {cfg['data']['dataset']} ({len(splits['train'])} train / "
+            f"stbp: {describe_model(cfg)} on {cfg['data']['dataset']} ({len(splits['train'])} train / "
             f"{len(splits['val'])} val / {len(splits['test'])} test, from {run.data_source}), "
             f"T = {cfg['encoding']['steps']}, {tcfg['epochs']} epochs -> {out}"
             + (f", {group.world} processes" if group.world > 1 else "")

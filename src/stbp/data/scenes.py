@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from stbp.errors import StbpError
 
-__all__ = ["SceneSpec", "Scene", "box_iou", "crop_resize", "render_scene", "sample_windows",
+__all__ = ["SceneSpec", "Scene", "box_iou", "crop_resize", "rescale", "render_scene", "sample_windows",
            "make_split", "write_benchmark", "load_scenes", "SPLIT_SOURCES"]
 
 #: scene split → the MNIST part (as :func:`stbp.data.mnist.load_mnist` splits it, with the last
@@ -117,6 +117,19 @@ def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
     flat = x[:, None] if x.dim() == 3 else x
     out = F.interpolate(flat, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
     return out[:, 0] if x.dim() == 3 else out
+
+
+def rescale(image: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A uint8 image ``[H, W]`` or ``[C, H, W]`` resized to ``height × width`` as
+    :func:`crop_resize` resizes a window (bilinear, antialiased, quantised to uint8) → uint8
+    ``[C, height, width]`` (the levels of an image pyramid)."""
+    img = torch.from_numpy(np.array(image, dtype=np.float32))
+    img = img[None] if img.dim() == 2 else img
+    if img.shape[-2:] == (height, width):
+        return img.round_().clamp_(0, 255).to(torch.uint8)
+    out = F.interpolate(img[None], size=(height, width), mode="bilinear", align_corners=False,
+                        antialias=True)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def crop_resize(image: np.ndarray | torch.Tensor, boxes: np.ndarray, window: int) -> torch.Tensor:
