@@ -108,11 +108,12 @@ def _detector(tmp_path, **kw):
     return Detector(_dyadic(build_model(cfg)), cfg, **kw)
 
 
-def test_detector_shared_windows_equal_each_window(tmp_path):
+@pytest.mark.parametrize("readout", ["rate", "current"])
+def test_detector_shared_windows_equal_each_window(tmp_path, readout):
     """At a scale needing no resize, with exactly summed inputs (a 0/255 image, direct
     encoding), the shared pass scores exactly the windows the reference path crops one by one."""
-    shared = _detector(tmp_path, scales=[28], stride=4 / 28)
-    each = _detector(tmp_path, scales=[28], stride=4 / 28, windows="each")
+    shared = _detector(tmp_path, scales=[28], stride=4 / 28, readout=readout)
+    each = _detector(tmp_path, scales=[28], stride=4 / 28, windows="each", readout=readout)
     assert shared.windows == "shared" and each.windows == "each"
     rng = np.random.default_rng(0)
     image = (rng.random((1, 60, 52)) < 0.3).astype(np.uint8) * 255
@@ -140,7 +141,20 @@ def test_detector_pyramid_boxes_lie_in_the_image(tmp_path):
 def test_detector_windows_setting_is_checked(tmp_path):
     with pytest.raises(StbpError, match="windows must be one of"):
         _detector(tmp_path, windows="all")
+    with pytest.raises(StbpError, match="readout must be one of"):
+        _detector(tmp_path, readout="membrane")
     cfg = resolve_dataset(load_config("detect-cnn", dataset=f"folder:{tmp_path / 'set'}"))
     assert Detector(build_model(cfg), cfg).windows == "each"  # 'same' padding: no sharing
     with pytest.raises(StbpError, match="unpadded convolutions"):
         Detector(build_model(cfg), cfg, windows="shared")
+
+
+def test_current_readout_is_graded_where_rates_tie(tmp_path):
+    """The rate of T steps takes T + 1 values; the mean input current tells tied windows apart."""
+    rate = _detector(tmp_path, scales=[28], stride=4 / 28)
+    current = _detector(tmp_path, scales=[28], stride=4 / 28, readout="current")
+    image = (np.random.default_rng(2).random((1, 80, 80)) < 0.3).astype(np.uint8) * 255
+    _, s_rate, _ = rate.score_windows(image)
+    _, s_cur, _ = current.score_windows(image)
+    assert len(set(s_cur.tolist())) > len(set(s_rate.tolist()))
+    assert ((0 < s_cur) & (s_cur < 1)).all()

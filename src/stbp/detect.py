@@ -45,6 +45,8 @@ DEFAULT_STRIDE = 0.25
 #: how a :class:`Detector` runs its windows: "shared" (one fully convolutional pass per scale),
 #: "each" (every window on its own: the reference), "auto" (shared where the network allows)
 WINDOW_MODES = ("auto", "shared", "each")
+#: what a window's score is made of: the output layer's firing rates, or its mean input currents
+READOUTS = ("rate", "current")
 _DETECT_SEED = 4_000_037
 
 
@@ -179,7 +181,8 @@ class Detector:
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], *, background: str = "background",
                  scales: tuple[int, ...] | list[int] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
-                 vote: bool = True, batch_size: int = 1000, windows: str = "auto") -> None:
+                 vote: bool = True, batch_size: int = 1000, windows: str = "auto",
+                 readout: str = "rate") -> None:
         data = cfg["data"]
         classes = data.get("classes") if data["dataset"] == "folder" else [str(i) for i in range(10)]
         if background not in classes:
@@ -207,6 +210,9 @@ class Detector:
         self.windows = "shared" if windows == "auto" and shareable else (
             "each" if windows == "auto" else windows)
         self.shared = fully_convolutional(self.model) if self.windows == "shared" else None
+        if readout not in READOUTS:
+            raise StbpError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        self.readout = readout
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", **kwargs) -> Detector:
@@ -247,14 +253,30 @@ class Detector:
             return boxes, np.zeros(0), np.zeros(0, np.int64)
         objects = [i for i in range(len(self.classes)) if i != self.background]
         best = np.asarray(objects)[np.argmax(rate[:, objects], axis=1)]
-        score = (rate[np.arange(len(rate)), best] - rate[:, self.background] + 1) / 2
+        margin = rate[np.arange(len(rate)), best] - rate[:, self.background]
+        if self.readout == "rate":
+            score = (margin + 1) / 2
+        else:  # the margin of the mean input currents, in thresholds, squashed into (0, 1)
+            score = 1 / (1 + np.exp(-margin / self.cfg["neuron"]["threshold"]))
         return boxes, score.astype(np.float64), best
+
+    def _output(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The per-window output ``[B, classes, ...]`` the score is made of: the output layer's
+        firing rate (``readout="rate"``), or its input current (E1 + bias) averaged over the T
+        steps (``"current"``: graded where the rate saturates)."""
+        from stbp.runs import autocast
+
+        with autocast(self.cfg["train"]["precision"]):
+            if self.readout == "rate":
+                return firing_rate(net(x)).float()
+            hidden = net[:-1](x)  # float spikes of the last hidden layer [T, B, ...]
+            current = net[-1].synapse(hidden.flatten(0, 1)).unflatten(0, hidden.shape[:2])
+        return current.float().mean(0)
 
     def _each_rates(self, image: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference: every window of :func:`window_grid` cropped, resized to the network's
         input (:func:`crop_resize`), encoded and run on its own → boxes, output rates ``[K, classes]``."""
         from stbp.data.splits import ImageSplit
-        from stbp.runs import autocast
 
         boxes = window_grid(image.shape[-2], image.shape[-1], self.scales, self.stride)
         if not len(boxes):
@@ -266,8 +288,7 @@ class Detector:
         for start in range(0, len(boxes), self.batch_size):
             idx = torch.arange(start, min(start + self.batch_size, len(boxes)))
             x = windows.inputs(idx, steps=steps, kind=kind, generator=gen)
-            with autocast(self.cfg["train"]["precision"]):
-                rates.append(firing_rate(self.model(x)).float())
+            rates.append(self._output(self.model, x))
         return boxes, torch.cat(rates).numpy()
 
     def pyramid(self, image: np.ndarray) -> list[tuple[int, torch.Tensor]]:
@@ -287,7 +308,6 @@ class Detector:
         over the level (windows every ``shared.stride`` pixels of the level, i.e. every
         ``stride · side / size`` pixels of the image) → boxes in image pixels, rates ``[K, classes]``."""
         from stbp.encoding import encode
-        from stbp.runs import autocast
 
         assert self.shared is not None
         steps, kind = self.cfg["encoding"]["steps"], self.cfg["encoding"]["kind"]
@@ -297,9 +317,7 @@ class Detector:
         for side, level in self.pyramid(image):
             x = encode(kind, level[None].float().div_(255.0), steps, generator=gen,
                        spike_dtype=torch.uint8)
-            with autocast(self.cfg["train"]["precision"]):
-                out = self.shared.net(x)  # [T, 1, classes, rows, cols]
-            rate = firing_rate(out).float()[0]  # [classes, rows, cols]
+            rate = self._output(self.shared.net, x)[0]  # [classes, rows, cols]
             rows, cols = rate.shape[-2:]
             f = side / self.size
             ys = np.minimum(np.rint(np.arange(rows) * self.shared.stride * f), h - side).astype(np.int64)
