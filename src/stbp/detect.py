@@ -447,10 +447,12 @@ def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou
     truths: list[np.ndarray] = []
     dets: dict[bool, list[tuple[int, float, list[int]]]] = {True: [], False: []}
     names: list[str] = []
+    windows_scored = 0
     for i, rec in enumerate(scenes):
         img = detector.read(rec["image"])
         truths.append(np.asarray(rec["boxes"], np.int64).reshape(-1, 4))
         scored = detector.score_windows(img, seed=i)
+        windows_scored += len(scored[0])
         for vote in (True, False):
             found = detector.select(*scored, min_score=0.0, nms_iou=nms_iou, vote=vote)
             dets[vote] += [(i, d.score, d.box) for d in found]
@@ -471,4 +473,5 @@ def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou
             "ap_other": average_precision(dets[not detector.vote], truths, iou),
             "iou": iou, "scenes": len(scenes),
             "objects": int(sum(len(t) for t in truths)), "detections": len(mine), "nms_iou": nms_iou,
-            "vote": detector.vote, "scales": list(detector.scales), "stride": detector.stride}
+            "vote": detector.vote, "scales": list(detector.scales), "stride": detector.stride,
+            "windows": detector.windows, "readout": detector.readout, "windows_scored": windows_scored}
