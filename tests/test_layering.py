@@ -14,7 +14,7 @@ SRC = Path(stbp.__file__).parent
 #: the application: trainer, evaluation, reproduce, detect, plots, export glue, CLI, config
 APP = {"stbp.cli", "stbp.config", "stbp.train", "stbp.runs", "stbp.reproduce", "stbp.analyses",
        "stbp.report", "stbp.detect", "stbp.plots", "stbp.export", "stbp.distributed", "stbp.malloc",
-       "stbp.budget", "stbp.runlock"}
+       "stbp.budget", "stbp.runlock", "stbp.pretrained"}
 
 
 def _modules() -> dict[str, Path]:

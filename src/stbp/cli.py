@@ -1,4 +1,4 @@
-"""The ``stbp`` command: train, eval, plot, export, reproduce, scenes, detect, presets."""
+"""The ``stbp`` command: train, eval, plot, export, reproduce, scenes, detect, presets, pretrained."""
 
 from __future__ import annotations
 
@@ -48,17 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a trained run on the validation and test splits")
-    e.add_argument("--run", required=True, help="the run directory written by `stbp train`")
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    _source_arguments(e)
     e.add_argument("--data-dir", help="folder holding the dataset files")
     e.add_argument("--limit-eval", type=int, help="use only the first N val/test images "
                    "(default: the run's own --limit-eval, as in training; the output says which)")
 
     pl = sub.add_parser("plot", help="figures of a trained run: accuracy curves, surrogate, "
                         "firing rate per layer, spike raster and membrane trace")
-    pl.add_argument("--run", required=True, help="the run directory written by `stbp train`")
-    pl.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots)")
-    pl.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    _source_arguments(pl)
+    pl.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots; with "
+                    "--pretrained: NAME-plots)")
     pl.add_argument("--data-dir", help="folder holding the dataset files")
     pl.add_argument("--sample", type=int, default=0,
                     help="the test sample shown in the raster (default: 0)")
@@ -68,9 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a trained run's network as a NIR graph (for other "
                         "simulators and neuromorphic chips)")
-    ex.add_argument("--run", required=True, help="the run directory written by `stbp train`")
+    _source_arguments(ex)
     ex.add_argument("--out", required=True, help="the NIR file to write (HDF5), e.g. net.nir")
-    ex.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ex.add_argument("--dt", type=float, default=None,
                     help="seconds per time step in the NIR time constants (default 1e-4, as "
                     "snnTorch assumes)")
@@ -99,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the presets, or print one to copy and edit")
     pr.add_argument("name", nargs="?", help="print this preset's TOML")
 
+    pt = sub.add_parser("pretrained", help="list the trained models shipped with stbp, or print one's "
+                        "model card (use one with --pretrained NAME in eval, plot, export, detect)")
+    pt.add_argument("name", nargs="?", help="print this model's card (JSON)")
+
     s = sub.add_parser("scenes", help="generate the detection benchmark: cluttered scenes of real "
                        "MNIST digits with boxes, and object/background windows to train on")
     s.add_argument("--out", required=True, help="a new folder for scenes/, windows/, benchmark.json")
@@ -114,13 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="detect objects with a trained object/background run: boxes "
                        "as JSON and an annotated PNG per image, or AP on a scene folder")
     d.add_argument("images", nargs="*", metavar="IMAGE", help="PNG/JPEG images to detect in")
-    d.add_argument("--run", required=True, help="a run directory trained on object/background windows")
+    _source_arguments(d, run_help="a run directory trained on object/background windows",
+                      pretrained_help="a shipped detector (detect-cnn, detect-ann; see `stbp pretrained`)")
     d.add_argument("--out", default="detections", help="output folder (default: detections)")
     d.add_argument("--scenes", metavar="DIR", help="instead of IMAGEs: evaluate on a scene folder "
                    "with boxes.json (e.g. BENCH/scenes/test) and print the AP at IoU 0.5 (ap), "
                    "and ap_other: the AP with box voting switched the other way (plain NMS, or "
                    "voting with --no-vote), from the same windows")
-    d.add_argument("--checkpoint", default="best", choices=["best", "last"])
     d.add_argument("--scales", default=",".join(map(str, _default_scales())),
                    help="window sides in pixels, comma-separated (default: %(default)s)")
     d.add_argument("--stride", type=float, default=0.25,
@@ -134,6 +136,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--background", default="background", help="the run's background class name")
     d.add_argument("--limit", type=int, help="with --scenes: only the first N scenes")
     return p
+
+
+def _source_arguments(p: argparse.ArgumentParser, *, run_help: str = "the run directory written by "
+                      "`stbp train`", pretrained_help: str = "a trained model shipped with stbp "
+                      "(see `stbp pretrained`)") -> None:
+    """``--run DIR`` or ``--pretrained NAME`` (one of them), and ``--checkpoint``."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", help=run_help)
+    g.add_argument("--pretrained", metavar="NAME", help=pretrained_help)
+    p.add_argument("--checkpoint", choices=["best", "last"],
+                   help="the run's best-validation or last checkpoint (default: best; a shipped "
+                   "model has only its best)")
+
+
+def _trained(args: argparse.Namespace, data_dir: str | None = None):
+    """The network ``--run`` or ``--pretrained`` names (:class:`stbp.runs.Trained`)."""
+    if args.pretrained is not None:
+        if args.checkpoint == "last":
+            raise StbpError("--checkpoint last: a shipped model (--pretrained) is only its "
+                            "best-validation checkpoint; drop --checkpoint")
+        from stbp import pretrained
+
+        return pretrained.trained(args.pretrained, data_dir=data_dir)
+    from stbp.runs import open_run
+
+    return open_run(args.run, args.checkpoint or "best", data_dir)
 
 
 def _dataset_help() -> str:
@@ -197,19 +225,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from stbp.train import eval_run
+    from stbp.runs import eval_trained
 
-    result = eval_run(args.run, data_dir=args.data_dir, checkpoint=args.checkpoint,
-                      limit_eval=args.limit_eval)
+    if args.limit_eval is not None and args.limit_eval < 1:
+        raise StbpError(f"--limit-eval must be >= 1, got {args.limit_eval}")
+    result = eval_trained(_trained(args, args.data_dir), limit_eval=args.limit_eval)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from stbp.plots import plot_run
+    from stbp.plots import plot_run, plot_trained
 
-    result = plot_run(args.run, args.out, data_dir=args.data_dir, checkpoint=args.checkpoint,
-                      sample=args.sample, limit_eval=args.limit_eval)
+    kw = dict(checkpoint=args.checkpoint or "best", sample=args.sample, limit_eval=args.limit_eval)
+    if args.run is not None:
+        result = plot_run(args.run, args.out, data_dir=args.data_dir, **kw)
+    else:
+        from stbp import pretrained
+
+        trained = _trained(args, args.data_dir)
+        result = plot_trained(trained, args.out or f"{args.pretrained}-plots",
+                              history=pretrained.card(args.pretrained)["history"], **kw)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -217,9 +253,8 @@ def _plot(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from stbp.config import dataset_info
     from stbp.export import DEFAULT_DT, to_nir, write_nir
-    from stbp.runs import load_run
-
-    model, cfg, _, _ = load_run(args.run, args.checkpoint)
+    trained = _trained(args)
+    model, cfg = trained.model, trained.cfg
     if Path(args.out).exists() and not Path(args.out).is_dir() and not args.force:
         raise StbpError(f"--out {args.out}: exists; pass --force to overwrite it")
     shape = (tuple(dataset_info(cfg["data"]).input) if cfg["model"]["kind"] == "cnn"
@@ -243,6 +278,23 @@ def _reproduce(args: argparse.Namespace) -> int:
     report = reproduce(out, budget=budget, seeds=args.seeds, jobs=args.jobs,
                        data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(report)
+    return 0
+
+
+def _pretrained(args: argparse.Namespace) -> int:
+    from stbp import pretrained
+
+    if args.name:
+        print(json.dumps(pretrained.card(args.name), indent=2))
+        return 0
+    available = pretrained.names()
+    if not available:
+        print(f"no trained model is shipped in {pretrained.directory()}")
+        return 0
+    for name in available:
+        print(pretrained.summary_line(name))
+    print("\n`stbp pretrained NAME` prints a model's card; use one with --pretrained NAME in "
+          "`stbp eval`, `plot`, `export`, `detect`")
     return 0
 
 
@@ -293,8 +345,8 @@ def _detect(args: argparse.Namespace) -> int:
         raise StbpError(f"--limit must be >= 1, got {args.limit}")
     if args.scenes and args.images:
         raise StbpError("give IMAGEs or --scenes DIR, not both")
-    detector = Detector.from_run(args.run, checkpoint=args.checkpoint, background=args.background,
-                                 scales=scales, stride=args.stride, vote=not args.no_vote)
+    detector = Detector.from_trained(_trained(args), background=args.background, scales=scales,
+                                     stride=args.stride, vote=not args.no_vote)
     if args.scenes:
         t0 = time.perf_counter()
         result = evaluate_scenes(detector, args.scenes, nms_iou=args.nms_iou, limit=args.limit)
@@ -314,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"train": _train, "eval": _eval, "plot": _plot, "export": _export,
                 "reproduce": _reproduce, "scenes": _scenes, "detect": _detect,
-                "presets": _presets}
+                "presets": _presets, "pretrained": _pretrained}
     if args.command is None:
         parser.print_help()
         return 2

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from stbp.errors import StbpError
 from stbp.fullconv import fully_convolutional
 from stbp.io import atomic_write
 from stbp.loss import firing_rate
+
+if TYPE_CHECKING:
+    from stbp.runs import Trained
 
 __all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
            "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
@@ -217,14 +220,20 @@ class Detector:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", **kwargs) -> Detector:
         """The detector of a run directory written by ``stbp train`` (its best-validation model)."""
-        from stbp.runs import load_run
+        from stbp.runs import open_run
 
-        model, cfg, _, _ = load_run(run_dir, checkpoint)
+        return cls.from_trained(open_run(run_dir, checkpoint), **kwargs)
+
+    @classmethod
+    def from_trained(cls, trained: Trained, **kwargs) -> Detector:
+        """The detector of a :class:`~stbp.runs.Trained` network: a run's, or a shipped model's
+        (``stbp.pretrained.trained("detect-cnn")``)."""
+        cfg = trained.cfg
         if cfg["data"]["dataset"] != "folder" or cfg["encoding"]["kind"] == "events":
-            raise StbpError(f"--run {run_dir}: trained on {cfg['data']['dataset']}; a detector needs a "
+            raise StbpError(f"{trained.source}: trained on {cfg['data']['dataset']}; a detector needs a "
                             "run trained on an image folder of object and background windows "
                             "(stbp train --dataset folder:PATH)")
-        return cls(model, cfg, **kwargs)
+        return cls(trained.model, cfg, **kwargs)
 
     def read(self, path: str | os.PathLike) -> np.ndarray:
         """An image as the network expects it: uint8 ``[C, H, W]`` at its own size; an image

@@ -5,7 +5,8 @@
 - :func:`layer_rates` — mean firing rate per layer (:mod:`stbp.stats`);
 - :func:`raster` — input and layer spikes of one sample, and the output neurons' membrane
   potentials u^t (E2) against V_th;
-- :func:`plot_run` — all of them for one run directory (``stbp plot --run RUN_DIR``).
+- :func:`plot_run` — all of them for one run directory (``stbp plot --run RUN_DIR``);
+  :func:`plot_trained` for a shipped model too (``stbp plot --pretrained NAME``).
 
 Every figure is written to a temporary name and then renamed, so a PNG is whole or absent.
 """
@@ -16,7 +17,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,8 +25,11 @@ from stbp import seeds
 from stbp.errors import StbpError
 from stbp.io import atomic_open
 
+if TYPE_CHECKING:
+    from stbp.runs import Trained
+
 __all__ = ["accuracy_curves", "surrogate_shapes", "layer_rates", "raster", "plot_run",
-           "read_history", "output_neuron"]
+           "plot_trained", "read_history", "output_neuron"]
 
 _CURVE_RANGE = 2.5  # u − V_th from −2.5 to 2.5 in the surrogate figure
 
@@ -223,15 +227,22 @@ def output_neuron(model: Any) -> Any:
 PLOT_SAMPLES = 1000
 
 
-def _plot_limit(run_dir: Path, ckpt: dict[str, Any], given: int | None) -> tuple[int, str]:
+def _plot_limit(saved: int | None, given: int | None) -> tuple[int, str]:
     """:func:`stbp.runs.limit_rule`, at most :data:`PLOT_SAMPLES` unless ``--limit-eval`` is given."""
-    from stbp.runs import limit_rule, saved_limit_eval
+    from stbp.runs import limit_rule
 
-    limit, rule = limit_rule(given, saved_limit_eval(run_dir, ckpt))
+    limit, rule = limit_rule(given, saved)
     if given is None and (limit is None or limit > PLOT_SAMPLES):
         return PLOT_SAMPLES, (f"the first {PLOT_SAMPLES} test samples ({rule}; at most "
                               f"{PLOT_SAMPLES} for the figures)")
     return limit, rule
+
+
+def _check_plot_options(sample: int, limit_eval: int | None) -> None:
+    if limit_eval is not None and limit_eval < 1:
+        raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
+    if sample < 0:
+        raise StbpError(f"--sample must be >= 0, got {sample}")
 
 
 def plot_run(
@@ -251,49 +262,71 @@ def plot_run(
     Writes ``curves.png``, ``surrogate.png``, ``rates.png``, ``raster.png`` under ``out``
     (default ``RUN_DIR/plots``) and returns their paths and the firing statistics.
     """
-    from stbp.data.splits import load_splits
-    from stbp.loss import predict
-    from stbp.runs import evaluate, load_run
-    from stbp.stats import FiringMonitor, trace
+    from stbp.runs import open_run
 
     run_dir = Path(run_dir)
-    if limit_eval is not None and limit_eval < 1:
-        raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
-    if sample < 0:
-        raise StbpError(f"--sample must be >= 0, got {sample}")
-    model, cfg, ckpt, data_dir = load_run(run_dir, checkpoint, data_dir)
-    limit_eval, rule = _plot_limit(run_dir, ckpt, limit_eval)
-    history = read_history(run_dir)
-    test = load_splits(cfg, data_dir)[0]["test"]
+    _check_plot_options(sample, limit_eval)
+    trained = open_run(run_dir, checkpoint, data_dir)
+    return plot_trained(trained, out if out is not None else run_dir / "plots",
+                        history=read_history(run_dir), checkpoint=checkpoint, sample=sample,
+                        limit_eval=limit_eval)
+
+
+def _curves(history: list[dict[str, Any]], epoch: int, checkpoint: str, loss: str, name: str,
+            path: Path) -> Path:
+    """Accuracies (train, validation, test) and the training loss per epoch; the epoch of the
+    checkpoint plotted marked."""
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ep = [h["epoch"] for h in history]
+    for key, lab in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test")):
+        a1.plot(ep, [h[key] for h in history], marker="o", ms=3, label=lab)
+    a1.axvline(epoch, color="gray", ls=":", lw=1, label=f"{checkpoint} (epoch {epoch})")
+    a1.set_xlabel("epoch")
+    a1.xaxis.get_major_locator().set_params(integer=True)
+    a2.xaxis.get_major_locator().set_params(integer=True)
+    a1.set_ylabel("accuracy (%)")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    a2.plot(ep, [h["train_loss"] for h in history], marker="o", ms=3)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel(f"training loss ({loss})")
+    a2.grid(alpha=0.3)
+    fig.suptitle(name)
+    return _save(fig, path)
+
+
+def plot_trained(
+    trained: Trained,
+    out: str | os.PathLike,
+    *,
+    history: list[dict[str, Any]] | None = None,
+    checkpoint: str = "best",
+    sample: int = 0,
+    limit_eval: int | None = None,
+) -> dict[str, Any]:
+    """:func:`plot_run` of a :class:`~stbp.runs.Trained` network (a run's, or a shipped model's,
+    whose per-epoch ``history`` its card holds) into the folder ``out``."""
+    from stbp.data.splits import load_splits
+    from stbp.loss import predict
+    from stbp.runs import evaluate
+    from stbp.stats import FiringMonitor, trace
+
+    _check_plot_options(sample, limit_eval)
+    model, cfg, ckpt, name = trained.model, trained.cfg, trained.ckpt, trained.name
+    limit_eval, rule = _plot_limit(trained.limit_eval, limit_eval)
+    test = load_splits(cfg, trained.data_dir)[0]["test"]
     if sample >= len(test):
         raise StbpError(f"--sample {sample}: the test split has {len(test)} samples")
-    out = Path(out) if out is not None else run_dir / "plots"
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise StbpError(f"--out {out}: exists and is not a directory")
     steps, enc = cfg["encoding"]["steps"], cfg["encoding"]["kind"]
     neuron = output_neuron(model)  # the settings the network runs with, not the config's
-    name = run_dir.name
     paths: dict[str, str] = {}
     if history:
-        plt = _pyplot()
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        ep = [h["epoch"] for h in history]
-        for key, lab in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test")):
-            a1.plot(ep, [h[key] for h in history], marker="o", ms=3, label=lab)
-        a1.axvline(ckpt["epoch"], color="gray", ls=":", lw=1, label=f"{checkpoint} (epoch "
-                   f"{ckpt['epoch']})")
-        a1.set_xlabel("epoch")
-        a1.xaxis.get_major_locator().set_params(integer=True)
-        a2.xaxis.get_major_locator().set_params(integer=True)
-        a1.set_ylabel("accuracy (%)")
-        a1.grid(alpha=0.3)
-        a1.legend(fontsize=8)
-        a2.plot(ep, [h["train_loss"] for h in history], marker="o", ms=3)
-        a2.set_xlabel("epoch")
-        a2.set_ylabel(f"training loss ({cfg['train']['loss']})")
-        a2.grid(alpha=0.3)
-        fig.suptitle(name)
-        paths["curves"] = str(_save(fig, out / "curves.png"))
+        paths["curves"] = str(_curves(history, ckpt["epoch"], checkpoint, cfg["train"]["loss"], name,
+                                      out / "curves.png"))
     if neuron is not None:  # a non-spiking network has no surrogate
         h = neuron.surrogate
         paths["surrogate"] = str(surrogate_shapes(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from stbp.models import SpikingNet, build
 
 __all__ = ["CHECKPOINT_FORMAT", "build_model", "describe_model", "model_shapes", "autocast", "resolve_device",
            "evaluate", "load_checkpoint", "model_from_checkpoint", "load_run", "eval_run",
-           "saved_limit_eval", "strict_json"]
+           "saved_limit_eval", "strict_json", "Trained", "open_run", "open_checkpoint", "eval_trained"]
 
 CHECKPOINT_FORMAT = "stbp-checkpoint-v1"
 #: a checkpoint may unpack to at most twice its size plus this (stbp stores tensors uncompressed)
@@ -199,30 +200,68 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[SpikingNet,
     return model, cfg
 
 
-def load_run(
-    run_dir: str | os.PathLike, checkpoint: str = "best", data_dir: str | os.PathLike | None = None
-) -> tuple[SpikingNet, dict[str, Any], dict[str, Any], str | os.PathLike | None]:
-    """A run directory's model (best or last checkpoint), its config, the checkpoint, and the
-    data folder to use: ``data_dir`` if given, else the one the run was trained on if it still
-    exists (else ``None``: the usual lookup)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise StbpError(f"--run {run_dir}: no such directory")
-    if checkpoint not in ("best", "last"):
-        raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    path = run_dir / f"{checkpoint}.pt"
+@dataclass
+class Trained:
+    """A trained network read back — a run folder's checkpoint (:func:`open_run`) or a model
+    shipped with the package (:func:`stbp.pretrained.trained`) — as ``stbp eval``, ``plot``,
+    ``export`` and ``detect`` use it, whichever it is."""
+
+    model: SpikingNet
+    cfg: dict[str, Any]
+    ckpt: dict[str, Any]
+    path: Path  # the checkpoint file
+    name: str  # the run folder's name, or the shipped model's
+    source: str  # how it was named, for messages: "--run DIR" or "--pretrained NAME"
+    data_dir: str | os.PathLike | None = None  # the data to evaluate on (None: the usual lookup)
+    run_dir: Path | None = None  # the run folder (None for a shipped model)
+
+    @property
+    def limit_eval(self) -> int | None:
+        """The ``--limit-eval`` it was trained with (:func:`saved_limit_eval`)."""
+        return saved_limit_eval(self.run_dir, self.ckpt)
+
+
+def open_checkpoint(path: str | os.PathLike, *, name: str, source: str,
+                    data_dir: str | os.PathLike | None = None, run_dir: Path | None = None) -> Trained:
+    """The network of one checkpoint file, checked and built, and the data folder
+    to use: ``data_dir`` if given, else the one it was trained on if that still exists (else
+    ``None``: the usual lookup)."""
+    path = Path(path)
     ckpt = load_checkpoint(path)
     model, cfg = model_from_checkpoint(ckpt, path)
     saved = ckpt.get("data_dir")
     if data_dir is None and isinstance(saved, str) and Path(saved).is_dir():
         data_dir = saved  # the data the run was trained on
-    return model, cfg, ckpt, data_dir
+    return Trained(model, cfg, ckpt, path, name, source, data_dir, run_dir)
 
 
-def saved_limit_eval(run_dir: str | os.PathLike, ckpt: dict[str, Any] | None = None) -> int | None:
-    """The ``--limit-eval`` a run was trained with (from its checkpoint, else ``last.pt``)."""
+def open_run(run_dir: str | os.PathLike, checkpoint: str = "best",
+             data_dir: str | os.PathLike | None = None) -> Trained:
+    """A run directory's best (or last) model as :class:`Trained`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StbpError(f"--run {run_dir}: no such directory")
+    if checkpoint not in ("best", "last"):
+        raise StbpError(f"--checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    return open_checkpoint(run_dir / f"{checkpoint}.pt", name=run_dir.name, source=f"--run {run_dir}",
+                           data_dir=data_dir, run_dir=run_dir)
+
+
+def load_run(
+    run_dir: str | os.PathLike, checkpoint: str = "best", data_dir: str | os.PathLike | None = None
+) -> tuple[SpikingNet, dict[str, Any], dict[str, Any], str | os.PathLike | None]:
+    """A run directory's model (best or last checkpoint), its config, the checkpoint, and the
+    data folder to use: ``data_dir`` if given, else the one the run was trained on if it still
+    exists (else ``None``: the usual lookup). :func:`open_run` returns the same as one object."""
+    t = open_run(run_dir, checkpoint, data_dir)
+    return t.model, t.cfg, t.ckpt, t.data_dir
+
+
+def saved_limit_eval(run_dir: str | os.PathLike | None, ckpt: dict[str, Any] | None = None) -> int | None:
+    """The ``--limit-eval`` a run was trained with (from its checkpoint, else the run folder's
+    ``last.pt``; a shipped model has no folder: ``run_dir`` None)."""
     limits = (ckpt or {}).get("limits")
-    if not isinstance(limits, dict) and (Path(run_dir) / "last.pt").is_file():
+    if not isinstance(limits, dict) and run_dir is not None and (Path(run_dir) / "last.pt").is_file():
         limits = load_checkpoint(Path(run_dir) / "last.pt").get("limits")
     value = limits.get("limit_eval") if isinstance(limits, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
@@ -252,15 +291,21 @@ def eval_run(
     The result also holds the firing statistics on the test split (:mod:`stbp.stats`): each
     layer's mean rate and synaptic operations per sample, next to a same-shape ANN's MACs.
     """
+    if limit_eval is not None and limit_eval < 1:
+        raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
+    return eval_trained(open_run(run_dir, checkpoint, data_dir), limit_eval=limit_eval)
+
+
+def eval_trained(trained: Trained, *, limit_eval: int | None = None) -> dict[str, Any]:
+    """:func:`eval_run` of a :class:`Trained` network (a run's, or a shipped model's)."""
     from stbp.stats import FiringMonitor
 
     if limit_eval is not None and limit_eval < 1:
         raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
-    model, cfg, ckpt, data_dir = load_run(run_dir, checkpoint, data_dir)
+    model, cfg, ckpt = trained.model, trained.cfg, trained.ckpt
     budget.check(cfg, train=False)
-    limit_eval, rule = limit_rule(limit_eval, saved_limit_eval(run_dir, ckpt))
-    path = Path(run_dir) / f"{checkpoint}.pt"
-    data, _ = load_splits(cfg, data_dir)
+    limit_eval, rule = limit_rule(limit_eval, trained.limit_eval)
+    data, _ = load_splits(cfg, trained.data_dir)
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
               precision=cfg["train"]["precision"])
@@ -269,7 +314,7 @@ def eval_run(
     with FiringMonitor(model) as monitor:
         test_acc = evaluate(model, test, steps, seed=seed + 1, **ev)
     return strict_json({
-        "checkpoint": str(path),
+        "checkpoint": str(trained.path),
         "epoch": ckpt["epoch"],
         "val_acc": round(val_acc, 2),
         "test_acc": round(test_acc, 2),
