@@ -80,7 +80,7 @@ def test_the_script_ships_the_checkpoint_and_its_card(shipped):
     assert "--limit-train 500" in card["splits"]["how"] and "validation = 5000" in card["splits"]["how"]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["test_acc"] for h in card["history"]] == [m["test_acc"] for m in metrics]
-    assert card["model"] == "mlp 784-100-10, spiking, T = 30 (bernoulli)"
+    assert card["model"] == "MLP 784-100-10, T = 30 (bernoulli)"
     assert card["date"].endswith("Z") and len(card["sha256"]) == 64
     assert shipped["printed"]["test_acc"] == card["test_acc"] and "history" not in shipped["printed"]
 

@@ -35,7 +35,7 @@ from typing import Any
 from stbp.errors import StbpError
 from stbp.io import atomic_write
 from stbp.models import SpikingNet
-from stbp.runs import Trained, open_checkpoint, open_run, strict_json
+from stbp.runs import Trained, describe_model, open_checkpoint, open_run, strict_json
 
 __all__ = ["names", "path", "card", "load", "trained", "test_accuracy", "directory", "ship", "summary_line",
            "FOLDER_ENV", "CARD_FORMAT", "CARD_KEYS"]
@@ -223,11 +223,8 @@ def _splits(summary: dict[str, Any], cfg: dict[str, Any], limits: Any) -> dict[s
 
 
 def _describe(cfg: dict[str, Any]) -> str:
-    m, kind = cfg["model"], cfg["model"]["kind"]
-    shape = ("-".join(map(str, m["sizes"])) if kind == "mlp" else
-             "-".join([*(f"{c}C{m['kernel_size']}-P2" for c in m["channels"]), *map(str, m["hidden"])]))
-    spiking = "spiking" if m.get("spiking", True) else "ANN (same shape)"
-    return f"{kind} {shape}, {spiking}, T = {cfg['encoding']['steps']} ({cfg['encoding']['kind']})"
+    enc = cfg["encoding"]
+    return f"{describe_model(cfg)}, T = {enc['steps']} ({enc['kind']})"
 
 
 def ship(run_dir: str | os.PathLike, name: str, *, command: str, commit: str, machine: str,
