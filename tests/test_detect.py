@@ -127,6 +127,26 @@ def test_cli_detect_writes_json_and_png(snn_run, bench, tmp_path, capsys):
     assert result["scenes"] == 6 and 0 <= result["ap"] <= 1
 
 
+def test_cli_detect_shared_windows_find_real_digits(bench, capsys):
+    """A network with unpadded convolutions scores every window of a scale in one pass
+    (`--windows shared`, what `auto` picks for it); trained on 80 scenes' windows it finds the
+    digits of unseen scenes, with either readout."""
+    run = _run(bench, bench.parent / "ann-valid", [*ANN, "model.padding='valid'"])
+    for readout in ("rate", "current"):
+        assert main(["detect", "--run", str(run), "--scenes", str(bench / "scenes" / "val"),
+                     "--readout", readout]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["windows"] == "shared" and result["readout"] == readout
+        assert result["ap"] > 0.4, result
+        assert result["windows_scored"] > 2 * 12 * 299, "shared windows step finer than 1/4 side"
+
+
+def test_cli_detect_shared_needs_an_unpadded_network(snn_run, bench, capsys):
+    assert main(["detect", "--run", str(snn_run), "--windows", "shared",
+                 "--scenes", str(bench / "scenes" / "test")]) == 2
+    assert "unpadded convolutions" in capsys.readouterr().err
+
+
 def test_cli_detect_bad_input_writes_nothing(snn_run, bench, mnist_dir, tmp_path, capsys):
     good = next((bench / "scenes" / "test").glob("*.png"))
     Image.new("L", (20, 30)).save(tmp_path / "small.png")

@@ -126,7 +126,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--scales", default=",".join(map(str, _default_scales())),
                    help="window sides in pixels, comma-separated (default: %(default)s)")
     d.add_argument("--stride", type=float, default=0.25,
-                   help="window step as a fraction of its side (default: %(default)s)")
+                   help="window step as a fraction of its side, for --windows each (default: "
+                   "%(default)s; shared windows step by the network's pooling: 4 px at 28 px)")
+    d.add_argument("--windows", default="auto", choices=["auto", "shared", "each"],
+                   help="shared: every window of a scale in one fully convolutional pass (a network "
+                   "with [model] padding = \"valid\"); each: every window cropped and run on its own "
+                   "(the reference); auto (default): shared where the network allows it")
+    d.add_argument("--readout", default="rate", choices=["rate", "current"],
+                   help="a window's score from the output layer's firing rates (default) or its "
+                   "mean input current (graded where rates tie)")
     d.add_argument("--min-score", type=float, default=0.5, help="keep boxes scoring at least this")
     d.add_argument("--nms-iou", type=float, default=0.3,
                    help="drop a box overlapping a better one by more than this IoU (default 0.3)")
@@ -346,7 +354,8 @@ def _detect(args: argparse.Namespace) -> int:
     if args.scenes and args.images:
         raise StbpError("give IMAGEs or --scenes DIR, not both")
     detector = Detector.from_trained(_trained(args), background=args.background, scales=scales,
-                                     stride=args.stride, vote=not args.no_vote)
+                                     stride=args.stride, vote=not args.no_vote,
+                                     windows=args.windows, readout=args.readout)
     if args.scenes:
         t0 = time.perf_counter()
         result = evaluate_scenes(detector, args.scenes, nms_iou=args.nms_iou, limit=args.limit)

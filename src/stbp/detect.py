@@ -437,6 +437,7 @@ def write_detections(detector: Detector, images: list[str | os.PathLike], out: s
         record = {"image": str(path), "width": int(img.shape[-1]), "height": int(img.shape[-2]),
                   "detections": [d.to_json() for d in dets],
                   "settings": {"scales": list(detector.scales), "stride": detector.stride,
+                               "windows": detector.windows, "readout": detector.readout,
                                "vote": detector.vote, "min_score": min_score, "nms_iou": nms_iou}}
         atomic_write(out / f"{path.stem}.json", (json.dumps(record, indent=2) + "\n").encode())
         atomic_write(out / f"{path.stem}.png", annotate(img, dets))
