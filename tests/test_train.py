@@ -10,6 +10,7 @@ import torch
 import stbp.train as train_mod
 from stbp.cli import main
 from stbp.config import load_config
+from stbp.errors import StbpError
 from stbp.train import build_model, train
 
 SMALL = ["--limit-train", "1000", "--limit-eval", "500", "--no-progress"]
@@ -103,6 +104,25 @@ def test_ema_is_what_is_evaluated_and_saved(mnist_dir, tmp_path, capsys):
     assert main(["eval", "--run", str(out), "--data-dir", str(mnist_dir), "--limit-eval", "300"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["val_acc"] == summary["best_val_acc"] and result["test_acc"] == summary["test_acc"]
+
+
+def test_current_readout_trains_hidden_spikes_and_a_graded_output(mnist_dir, tmp_path):
+    """[model] readout = "current": the output layer does not fire (its mean input current is
+    the output, graded), the hidden layers spike; STBP trains it to well above chance."""
+    from stbp import layers
+
+    cfg = load_config("mnist-mlp", overrides=["model.sizes=[784, 100, 10]", "data.shift=0",
+                                              "train.epochs=2", "model.readout='current'"])
+    model = build_model(cfg)
+    assert isinstance(model[-1].neuron, layers.Analog) and isinstance(model[-2].neuron, layers.LIF)
+    x = (torch.rand(5, 3, 784) < 0.2).to(torch.uint8)
+    out = model(x)
+    assert not torch.all((out == 0) | (out == 1)), "the output is a current, not spikes"
+    summary = train(cfg, tmp_path / "run", data_dir=mnist_dir, limit_train=1000, limit_eval=300,
+                    progress=False)
+    assert summary["best_val_acc"] > 50
+    with pytest.raises(StbpError, match="readout"):
+        load_config("mnist-mlp", overrides=["model.readout='membrane'"])
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, "0.5"])

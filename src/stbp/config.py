@@ -25,7 +25,7 @@ from stbp.data import registry
 from stbp.data.registry import dataset_info
 from stbp.errors import StbpError
 from stbp.functional.lif import LIFParams
-from stbp.models import PADDINGS, conv_stage_sides
+from stbp.models import PADDINGS, READOUTS, conv_stage_sides
 
 __all__ = ["load_config", "preset_names", "preset_path", "to_toml", "merge", "parse_override",
            "dataset_info", "with_dataset", "resolve_dataset", "validate", "differences"]
@@ -65,6 +65,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "padding": (checks.one_of(*PADDINGS), False),
         "init": (checks.one_of("paper", "default"), False),
         "spiking": (checks.boolean, False),
+        "readout": (checks.one_of(*READOUTS), False),
     },
     # the values' form here; their meaning (ranges, names) is checked once, by LIFParams
     "neuron": {
@@ -168,8 +169,8 @@ def parse_override(text: str) -> dict[str, Any]:
 
 #: [model] keys that apply to each kind of network.
 MODEL_KEYS = {
-    "mlp": {"kind", "sizes", "init", "spiking"},
-    "cnn": {"kind", "channels", "hidden", "kernel_size", "padding", "init", "spiking"},
+    "mlp": {"kind", "sizes", "init", "spiking", "readout"},
+    "cnn": {"kind", "channels", "hidden", "kernel_size", "padding", "init", "spiking", "readout"},
 }
 
 

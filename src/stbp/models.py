@@ -13,7 +13,13 @@ from stbp.functional.lif import LIFParams
 from stbp.functional.spikes import Spikes
 from stbp.init import paper_init_
 
-__all__ = ["SpikingNet", "mlp", "cnn", "build", "PADDINGS", "conv_stage_sides"]
+__all__ = ["SpikingNet", "mlp", "cnn", "build", "PADDINGS", "READOUTS", "conv_stage_sides"]
+
+#: what a spiking network's output layer gives: "rate" — LIF neurons whose spikes the loss reads
+#: as a firing rate (E5, the paper's) — or "current" — no neuron: the layer's input current at
+#: each step, whose mean over T is the graded output (a non-saturating readout; the hidden
+#: layers spike and train by STBP as ever)
+READOUTS = ("rate", "current")
 
 #: a CNN's convolutions: "same" (zero padding k // 2, the paper's) or "valid" (no padding: every
 #: output sees only its input window, so a network over a large image computes exactly what it
@@ -53,10 +59,15 @@ class SpikingNet(nn.Sequential):
         return x.float() if isinstance(x, Spikes) else x
 
 
-def _activations(n: int, spiking: bool) -> list[str]:
-    """LIF everywhere, or — for the non-spiking network of the same shape — ReLU in the hidden
-    layers and a linear output layer (its output plays the role of the firing rate in E5)."""
-    return ["lif"] * n if spiking else ["relu"] * (n - 1) + ["identity"]
+def _activations(n: int, spiking: bool, readout: str = "rate") -> list[str]:
+    """LIF everywhere (with ``readout="current"`` a linear output layer), or — for the
+    non-spiking network of the same shape — ReLU in the hidden layers and a linear output layer
+    (its output plays the role of the firing rate in E5)."""
+    if readout not in READOUTS:
+        raise StbpError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+    if not spiking:
+        return ["relu"] * (n - 1) + ["identity"]
+    return ["lif"] * n if readout == "rate" else ["lif"] * (n - 1) + ["identity"]
 
 
 def conv_stage_sides(side: int, stages: int, kernel_size: int, padding: str) -> list[int]:
@@ -84,21 +95,22 @@ def _finish(net: SpikingNet, init: str, seed: int | None) -> SpikingNet:
 
 def mlp(
     sizes: Sequence[int], *, init: str = "paper", seed: int | None = None, spiking: bool = True,
-    neuron: LIFParams | None = None, **settings,
+    readout: str = "rate", neuron: LIFParams | None = None, **settings,
 ) -> SpikingNet:
     """A spiking MLP, e.g. ``mlp([784, 800, 10], decay=0.1, threshold=0.5)`` (paper: 784-800-10).
 
     Input spikes ``[T, B, sizes[0]]`` (or any trailing shape that flattens to it); output spikes
     ``[T, B, sizes[-1]]``. ``neuron``: the :class:`~stbp.functional.LIFParams` of every layer,
     or their settings as keywords (``decay``, ``threshold``, ``surrogate``, …).
-    ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output).
+    ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output);
+    ``readout="current"`` a spiking network whose output layer does not fire (:data:`READOUTS`).
     """
     params = LIFParams.of(neuron, **settings)
     sizes = list(sizes)
     if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
         raise StbpError(f"mlp sizes must be >= 2 positive integers, got {sizes!r}")
     mods: list[nn.Module] = [layers.Flatten()]
-    acts = _activations(len(sizes) - 1, spiking)
+    acts = _activations(len(sizes) - 1, spiking, readout)
     mods += [layers.Linear(a, b, activation=f, neuron=params)
              for a, b, f in zip(sizes[:-1], sizes[1:], acts, strict=True)]
     return _finish(SpikingNet(*mods), init, seed)
@@ -116,6 +128,7 @@ def cnn(
     init: str = "paper",
     seed: int | None = None,
     spiking: bool = True,
+    readout: str = "rate",
     neuron: LIFParams | None = None,
     **settings,
 ) -> SpikingNet:
@@ -124,7 +137,8 @@ def cnn(
     Each ``C`` is a conv + LIF ('same'-padded, the paper's, or ``padding="valid"``: unpadded),
     each ``P2`` a 2×2 average pooling of spikes. Input spikes
     ``[T, B, in_channels, image_size, image_size]``; output ``[T, B, classes]``.
-    ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output).
+    ``spiking=False`` builds the ANN of the same shape (ReLU hidden layers, linear output);
+    ``readout="current"`` a spiking network whose output layer does not fire (:data:`READOUTS`).
     """
     params = LIFParams.of(neuron, **settings)
     if kernel_size % 2 == 0 and padding == "same":
@@ -133,7 +147,7 @@ def cnn(
     mods: list[nn.Module] = []
     prev = in_channels
     dims_count = len(channels) + len(hidden) + 1
-    acts = iter(_activations(dims_count, spiking))
+    acts = iter(_activations(dims_count, spiking, readout))
     for c in channels:
         mods += [
             layers.Conv2d(prev, c, kernel_size, padding=kernel_size // 2 if padding == "same" else 0,

@@ -65,6 +65,8 @@ def describe_model(cfg: dict[str, Any]) -> str:
     "CNN 28x28-15C5-P2-40C5-P2-300-10" (a 'valid' convolution is written C5v)."""
     m = cfg["model"]
     what = "" if m.get("spiking", True) else "non-spiking "
+    if m.get("spiking", True) and m.get("readout") == "current":
+        what = "current-readout "
     if m["kind"] == "mlp":
         return what + "MLP " + "-".join(str(s) for s in m["sizes"])
     k, chans, hidden = m.get("kernel_size", 5), m.get("channels", [15, 40]), m.get("hidden", [300])

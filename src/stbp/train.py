@@ -384,7 +384,7 @@ def _end_epoch(run: _Run, epoch: int, stats: dict[str, Any]) -> None:
     test_acc = evaluate(run.scored, run.splits["test"], steps, seed=seed + 1, **ev)
     run.seconds += time.perf_counter() - t0
     silent = ([int(k) for k in torch.nonzero(val_spikes == 0).flatten()]
-              if cfg["model"]["spiking"] else [])
+              if cfg["model"]["spiking"] and cfg["model"].get("readout", "rate") == "rate" else [])
     seen = stats["seen"]
     record = {
         "epoch": epoch, "train_loss": stats["loss"] / seen,
