@@ -71,6 +71,24 @@ def test_nms_keeps_the_best_of_each_overlapping_group():
         nms(boxes[:3], scores[:2], 0.5)
 
 
+def test_nms_equals_the_textbook_loop_on_many_boxes():
+    """Greedy NMS as written in textbooks (the whole IoU matrix up front) keeps the same boxes."""
+    from stbp.data.scenes import box_iou
+
+    rng = np.random.default_rng(0)
+    xy = rng.integers(0, 80, (600, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(8, 40, (600, 1))], axis=1)
+    scores = np.round(rng.random(600), 1)  # many ties
+    for iou in (0.1, 0.3, 0.5):
+        order = np.lexsort((np.arange(600), -scores))
+        overlaps, gone, want = box_iou(boxes, boxes), np.zeros(600, bool), []
+        for i in order:
+            if not gone[i]:
+                want.append(i)
+                gone |= overlaps[i] > iou
+        assert nms(boxes, scores, iou).tolist() == want
+
+
 def test_average_precision_by_hand():
     truths = [np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [20, 20, 30, 30]])]
     perfect = [(0, 0.9, [0, 0, 10, 10]), (1, 0.8, [20, 20, 30, 30]), (1, 0.7, [1, 1, 10, 10])]

@@ -86,12 +86,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     order = np.lexsort((np.arange(len(scores)), -scores))
     keep: list[int] = []
     suppressed = np.zeros(len(scores), bool)
-    overlaps = box_iou(boxes, boxes) if len(boxes) else np.zeros((0, 0))
-    for i in order:
+    for i in order:  # the overlaps of each kept box only: O(kept x boxes), not boxes^2
         if suppressed[i]:
             continue
         keep.append(int(i))
-        suppressed |= overlaps[i] > iou
+        suppressed |= box_iou(boxes[i], boxes)[0] > iou
     return np.asarray(keep, dtype=np.int64)
 
 
