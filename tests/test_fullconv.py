@@ -55,6 +55,23 @@ def test_every_window_equals_the_window_network(spiking, hw):
         assert 0.05 < float(out.mean()) < 0.95, "the check needs outputs that spike sometimes"
 
 
+def test_every_second_window_equals_the_window_network():
+    net = _net(True)
+    fc = fully_convolutional(net, step=2)
+    assert (fc.window, fc.stride) == (28, 8)
+    x = (torch.rand(6, 1, 1, 53, 61, generator=torch.Generator().manual_seed(3)) < 0.4).to(torch.uint8)
+    with torch.no_grad():
+        out = fc.net(x)
+        rows, cols = fc.windows(53, 61)
+        assert out.shape[-2:] == (rows, cols) == (4, 5)
+        for i in range(rows):
+            for j in range(cols):
+                ref = net(x[:, :, :, 8 * i:8 * i + 28, 8 * j:8 * j + 28].contiguous())
+                assert torch.equal(ref, out[:, :, :, i, j]), (i, j)
+    with pytest.raises(StbpError, match="step must be an integer >= 1"):
+        fully_convolutional(net, step=0)
+
+
 def test_float_input_and_a_copy_of_the_weights():
     net = _net(True)
     fc = fully_convolutional(net)

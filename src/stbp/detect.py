@@ -211,7 +211,12 @@ class Detector:
         #: (:mod:`stbp.fullconv`); "each": every window cropped, resized and run on its own
         self.windows = "shared" if windows == "auto" and shareable else (
             "each" if windows == "auto" else windows)
-        self.shared = fully_convolutional(self.model) if self.windows == "shared" else None
+        # shared windows step by a multiple of the network's pooling stride: the nearest to
+        # ``stride`` (a fraction of the network's input side), at least one
+        self.shared = None
+        if self.windows == "shared":
+            pooling = fully_convolutional(self.model).stride
+            self.shared = fully_convolutional(self.model, max(1, round(stride * self.size / pooling)))
         if readout not in READOUTS:
             raise StbpError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         self.readout = readout

@@ -56,11 +56,12 @@ def _activation(neuron: nn.Module) -> tuple[str, dict]:
 
 
 def _conv_from(weight: torch.Tensor, bias: torch.Tensor | None, neuron: nn.Module,
-               kernel: int) -> layers.Conv2d:
+               kernel: int, stride: int = 1) -> layers.Conv2d:
     out_ch = weight.shape[0]
     in_ch = weight.shape[1] // (kernel * kernel)
     activation, kw = _activation(neuron)
-    conv = layers.Conv2d(in_ch, out_ch, kernel, bias=bias is not None, activation=activation, **kw)
+    conv = layers.Conv2d(in_ch, out_ch, kernel, stride=stride, bias=bias is not None,
+                         activation=activation, **kw)
     with torch.no_grad():
         conv.synapse.weight.copy_(weight.detach().reshape(out_ch, in_ch, kernel, kernel))
         if bias is not None:
@@ -68,10 +69,14 @@ def _conv_from(weight: torch.Tensor, bias: torch.Tensor | None, neuron: nn.Modul
     return conv.to(weight.device)
 
 
-def fully_convolutional(net: SpikingNet) -> FullyConvolutional:
+def fully_convolutional(net: SpikingNet, step: int = 1) -> FullyConvolutional:
     """The fully convolutional form of a window network (see the module docstring): a copy of
     its weights, in eval mode. The network must be convolutions without padding (stride 1) and
-    average pools, a :class:`~stbp.layers.Flatten`, then fully connected layers."""
+    average pools, a :class:`~stbp.layers.Flatten`, then fully connected layers. ``step``: score
+    every ``step``-th window along each axis (windows ``step ×`` the pooling stride apart; the
+    convolutions and pools still run once over the whole image)."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise StbpError(f"fully_convolutional: step must be an integer >= 1, got {step!r}")
     mods = list(net)
     try:
         cut = next(i for i, m in enumerate(mods) if isinstance(m, layers.Flatten))
@@ -107,8 +112,8 @@ def fully_convolutional(net: SpikingNet) -> FullyConvolutional:
             window += m.synapse.kernel_size[0] - 1
         else:
             window = (window - 1) * m.stride + m.kernel_size
-    convs = [_conv_from(m.synapse.weight, m.synapse.bias, m.neuron, side if k == 0 else 1)
-             for k, m in enumerate(head)]
+    convs = [_conv_from(m.synapse.weight, m.synapse.bias, m.neuron, side if k == 0 else 1,
+                        step if k == 0 else 1) for k, m in enumerate(head)]
     copies = []
     for m in body:
         if isinstance(m, layers.Conv2d):
@@ -116,4 +121,4 @@ def fully_convolutional(net: SpikingNet) -> FullyConvolutional:
                                      m.synapse.kernel_size[0]))
         else:
             copies.append(layers.AvgPool2d(m.kernel_size, m.stride))
-    return FullyConvolutional(SpikingNet(*copies, *convs).eval(), window, stride)
+    return FullyConvolutional(SpikingNet(*copies, *convs).eval(), window, stride * step)
