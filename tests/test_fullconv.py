@@ -118,7 +118,8 @@ def _detector(tmp_path, **kw):
         Image.new("L", (28, 28), 0).save(tmp_path / "set" / c / "a.png")
     cfg = resolve_dataset(load_config(
         "detect-cnn", dataset=f"folder:{tmp_path / 'set'}",
-        overrides=["model.padding='valid'", "model.channels=[4, 6]", "model.hidden=[12]",
+        overrides=["model.padding='valid'", "model.readout='rate'", "model.channels=[4, 6]",
+                   "model.hidden=[12]",
                    "encoding.kind='direct'", "encoding.steps=4", "neuron.decay=0.25",
                    "neuron.threshold=0.25", "model.init='default'"]))
     torch.manual_seed(0)
@@ -160,7 +161,8 @@ def test_detector_windows_setting_is_checked(tmp_path):
         _detector(tmp_path, windows="all")
     with pytest.raises(StbpError, match="readout must be one of"):
         _detector(tmp_path, readout="membrane")
-    cfg = resolve_dataset(load_config("detect-cnn", dataset=f"folder:{tmp_path / 'set'}"))
+    cfg = resolve_dataset(load_config("detect-cnn", dataset=f"folder:{tmp_path / 'set'}",
+                                      overrides=["model.padding='same'"]))
     assert Detector(build_model(cfg), cfg).windows == "each"  # 'same' padding: no sharing
     with pytest.raises(StbpError, match="unpadded convolutions"):
         Detector(build_model(cfg), cfg, windows="shared")
