@@ -177,3 +177,20 @@ def test_current_readout_is_graded_where_rates_tie(tmp_path):
     _, s_cur, _ = current.score_windows(image)
     assert len(set(s_cur.tolist())) > len(set(s_rate.tolist()))
     assert ((0 < s_cur) & (s_cur < 1)).all()
+
+
+def test_evaluate_groups_classes():
+    """``evaluate(groups=...)``: right when the prediction falls in the label's group — all in one
+    group is 100 %, one group per class is the plain accuracy, and between them it is between."""
+    from stbp.data.splits import ImageSplit
+    from stbp.runs import evaluate
+
+    torch.manual_seed(0)
+    net = cnn(channels=[4], hidden=[16], classes=4, decay=0.25, threshold=0.25, init="default")
+    images = torch.randint(0, 256, (60, 28, 28), dtype=torch.uint8)
+    split = ImageSplit(images, torch.arange(60) % 4)
+    plain = evaluate(net, split, 4, seed=0)
+    same = evaluate(net, split, 4, seed=0, groups=torch.arange(4))
+    pairs = evaluate(net, split, 4, seed=0, groups=torch.tensor([0, 1, 1, 1]))
+    one = evaluate(net, split, 4, seed=0, groups=torch.zeros(4, dtype=torch.long))
+    assert same == plain and one == 100.0 and plain <= pairs <= 100.0

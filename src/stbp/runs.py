@@ -114,10 +114,14 @@ def evaluate(
     encoding_kind: str = "bernoulli",
     precision: str = "fp32",
     output_spikes: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> float:
     """Accuracy (in %) of ``model`` on ``split`` with fixed (seeded) input spike trains.
 
     ``output_spikes``, a zero tensor ``[classes]``, receives each output neuron's spike count.
+    ``groups``, an integer tensor ``[classes]``: a prediction is right when it falls in the
+    label's group (e.g. digit-0 … digit-9 as "object" against "background": the two-class
+    accuracy of a detector that names the digit).
     """
     if len(split) == 0:
         return float("nan")
@@ -130,7 +134,10 @@ def evaluate(
         x = split.inputs(idx, steps=steps, kind=encoding_kind, generator=gen).to(device)
         with autocast(precision, device):
             out = model(x)
-        correct += int((predict(out).cpu() == split.labels[idx]).sum())
+        pred, labels = predict(out).cpu(), split.labels[idx]
+        if groups is not None:
+            pred, labels = groups[pred], groups[labels]
+        correct += int((pred == labels).sum())
         if output_spikes is not None:
             output_spikes += out.float().sum((0, 1)).cpu()
     return 100.0 * correct / len(split)
