@@ -204,3 +204,26 @@ def test_a_non_spiking_network_is_refused():
         to_nir(ann, (4,))
     got = trace(ann, torch.rand(2, 1, 4))["layers"][0]
     assert torch.equal(got["membrane"], got["spikes"])
+
+
+def test_a_current_readout_round_trips(tmp_path):
+    """A spiking network whose output layer has no neurons ([model] readout = "current", the
+    detector's) exports its last synapse straight into the Output and comes back the same."""
+    from stbp import layers
+    from stbp.models import cnn
+
+    torch.manual_seed(0)
+    net = cnn(channels=[4, 6], hidden=[12], classes=3, padding="valid", readout="current",
+              decay=0.25, threshold=0.25, init="default", surrogate="polynomial").eval()
+    graph = to_nir(net, (1, 28, 28))
+    assert isinstance(graph.nodes["6.synapse"], nir.Affine) and "6.neuron" not in graph.nodes
+    back = from_nir(read_nir(write_nir(graph, tmp_path / "net.nir")))
+    assert isinstance(back[-1].neuron, layers.Analog) and back[-1].neuron.activation == "identity"
+    x = (torch.rand(6, 5, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.4).to(torch.uint8)
+    with torch.no_grad():
+        want, got = net(x), back(x)
+    assert want.abs().sum() > 0 and not torch.all((want == 0) | (want == 1))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(StbpError, match="not spiking"):  # a graded layer inside stays refused
+        to_nir(cnn(channels=[4], hidden=[12], classes=3, readout="current", spiking=False,
+                   decay=0.25, threshold=0.25), (1, 28, 28))

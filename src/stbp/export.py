@@ -122,9 +122,12 @@ def to_nir(
                 x = mod(x)
                 continue
             if isinstance(mod, (layers.Linear, layers.Conv2d)):
-                if not isinstance(mod.neuron, layers.LIF):
+                readout = (i == len(model) - 1 and isinstance(mod.neuron, layers.Analog)
+                           and mod.neuron.activation == "identity" and bool(training))
+                if not isinstance(mod.neuron, layers.LIF) and not readout:
                     raise StbpError(f"to_nir: layer {i} is not spiking ({mod.neuron.activation}); "
-                                    "NIR export covers spiking networks")
+                                    "NIR export covers spiking networks (and a current readout: "
+                                    "an output layer without neurons after spiking layers)")
                 syn = mod.synapse
                 w = syn.weight.detach().float().numpy().copy()
                 b = None if syn.bias is None else syn.bias.detach().float().numpy().copy()
@@ -144,9 +147,12 @@ def to_nir(
                         bias=np.zeros(w.shape[0], np.float32) if b is None else b)
                 x = mod(x)
                 nodes[f"{name}.synapse"] = node
+                chain.append(f"{name}.synapse")
+                if readout:  # the output is the synapse's current itself
+                    continue
                 nodes[f"{name}.neuron"] = _neuron_node(mod.neuron, tuple(x.shape[2:]), dt,
                                                        approximate)
-                chain += [f"{name}.synapse", f"{name}.neuron"]
+                chain.append(f"{name}.neuron")
                 p = mod.neuron.params
                 training[name] = {"decay": p.decay, "threshold": p.threshold,
                                   "surrogate": p.surrogate.name, "width": p.surrogate.width,
@@ -228,7 +234,8 @@ def from_nir(
     backend: str = "auto",
 ) -> SpikingNet:
     """A :class:`~stbp.models.SpikingNet` from a NIR graph of (Affine|Linear|Conv2d → LIF|IF),
-    AvgPool2d and Flatten nodes in a chain; ready to run or to train further with STBP.
+    AvgPool2d and Flatten nodes in a chain; ready to run or to train further with STBP. A last
+    synapse straight into the Output is a current readout (an output layer without neurons).
 
     ``dt`` defaults to the graph's metadata, else :data:`DEFAULT_DT`. The training-only settings
     come from the arguments (``surrogate``, ``width``), else the metadata stbp writes, else the
@@ -251,6 +258,11 @@ def from_nir(
         name, node = names[k], graph.nodes[names[k]]
         if isinstance(node, (nir.Affine, nir.Linear, nir.Conv2d)):
             after = graph.nodes[names[k + 1]] if k + 1 < len(names) else graph.nodes[order[-1]]
+            spiking_before = any(isinstance(m, (layers.Linear, layers.Conv2d)) for m in mods)
+            if isinstance(after, nir.Output) and spiking_before:  # a current readout
+                mods.append(_synapse_layer(nir, name, node, 1.0, None))
+                k += 1
+                continue
             if not isinstance(after, (nir.LIF, nir.IF)):
                 raise StbpError(f"from_nir: synapse {name!r} must be followed by a LIF or IF "
                                 f"neuron node, got {type(after).__name__} (stbp supports Affine, "
@@ -341,8 +353,11 @@ def read_nir(path: str | os.PathLike, *, max_bytes: int = MAX_NIR_BYTES) -> Any:
                         f"{str(err)[:200]})") from None
 
 
-def _synapse_layer(nir: Any, name: str, node: Any, gain: float, neuron: LIFParams) -> nn.Module:
-    """The stbp Linear or Conv2d of a NIR Affine/Linear/Conv2d node (its weights × ``gain``)."""
+def _synapse_layer(nir: Any, name: str, node: Any, gain: float,
+                   neuron: LIFParams | None) -> nn.Module:
+    """The stbp Linear or Conv2d of a NIR Affine/Linear/Conv2d node (its weights × ``gain``);
+    ``neuron`` None: no neuron (a current readout)."""
+    act = {"activation": "lif", "neuron": neuron} if neuron is not None else {"activation": "identity"}
     w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32) * np.float32(gain))
     bias = getattr(node, "bias", None)
     b = None if bias is None else torch.as_tensor(
@@ -361,13 +376,12 @@ def _synapse_layer(nir: Any, name: str, node: Any, gain: float, neuron: LIFParam
         if w.shape[-1] != w.shape[-2]:
             raise StbpError(f"from_nir: node {name!r}: only square kernels are supported")
         mod = layers.Conv2d(w.shape[1], w.shape[0], w.shape[-1], stride=int(stride[0]),
-                            padding=int(np.atleast_1d(pad)[0]), bias=b is not None,
-                            neuron=neuron)
+                            padding=int(np.atleast_1d(pad)[0]), bias=b is not None, **act)
     else:
         if w.dim() != 2:
             raise StbpError(f"from_nir: node {name!r}: weight must be 2-D, got "
                             f"{tuple(w.shape)}")
-        mod = layers.Linear(w.shape[1], w.shape[0], bias=b is not None, neuron=neuron)
+        mod = layers.Linear(w.shape[1], w.shape[0], bias=b is not None, **act)
     with torch.no_grad():
         mod.synapse.weight.copy_(w.reshape(mod.synapse.weight.shape))
         if b is not None:
