@@ -118,6 +118,10 @@ def test_current_readout_trains_hidden_spikes_and_a_graded_output(mnist_dir, tmp
     x = (torch.rand(5, 3, 784) < 0.2).to(torch.uint8)
     out = model(x)
     assert not torch.all((out == 0) | (out == 1)), "the output is a current, not spikes"
+    from stbp.stats import trace
+
+    traced = trace(model, x)["layers"]  # what the plots read: the output layer does not spike
+    assert [t["spiking"] for t in traced] == [True, False]
     summary = train(cfg, tmp_path / "run", data_dir=mnist_dir, limit_train=1000, limit_eval=300,
                     progress=False)
     assert summary["best_val_acc"] > 50

@@ -179,9 +179,19 @@ def raster(
     axes[0].imshow(img.numpy(), cmap="gray_r", aspect="equal")
     axes[0].set_title(title or "input: spikes per pixel over the T steps", fontsize=9)
     axes[0].axis("off")
-    rows = [("input", x.flatten(1))] + [(s["name"], s["spikes"][:, sample].flatten(1))
-                                        for s in layers]
-    for i, (ax, (name, spikes)) in enumerate(zip(axes[1:-1], rows, strict=True)):
+    rows = [("input", x.flatten(1), True)] + [
+        (s["name"], s["spikes"][:, sample].flatten(1), s.get("spiking", True)) for s in layers]
+    for i, (ax, (name, spikes, spiking)) in enumerate(zip(axes[1:-1], rows, strict=True)):
+        if not spiking:  # a current readout: graded values, no spikes
+            top = max(float(spikes.abs().max()), 1e-12)  # white at 0
+            ax.imshow(spikes.T.numpy(), aspect="auto", cmap="RdBu_r", interpolation="nearest",
+                      origin="lower", extent=(0.5, steps + 0.5, -0.5, spikes.shape[1] - 0.5),
+                      vmin=-top, vmax=top)
+            ax.set_ylabel("neuron", fontsize=8)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{name}: input current (no spikes: a current readout)", fontsize=9)
+            continue
         fired = spikes > 0
         # neurons that fired at least once (all of them for the output layer), as an image
         keep = torch.arange(fired.shape[1]) if i == len(rows) - 1 else torch.nonzero(
@@ -196,6 +206,8 @@ def raster(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps too
         ax.set_title(f"{name}: {int(fired.sum())} spikes, rate {rate:.3f}", fontsize=9)
     out = layers[-1]
+    if not out.get("spiking", True):
+        threshold = None  # the output layer has no neurons, so no threshold
     mem = out["membrane"][:, sample].flatten(1)
     ax = axes[-1]
     t = torch.arange(1, steps + 1).numpy()
@@ -209,8 +221,11 @@ def raster(
     ax.set_xlim(0.5, steps + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("time step t")
-    ax.set_ylabel("u^t", fontsize=8)
-    ax.set_title(f"{out['name']}: membrane potential of the output neurons", fontsize=9)
+    graded = not out.get("spiking", True)
+    ax.set_ylabel("I^t" if graded else "u^t", fontsize=8)
+    ax.set_title(f"{out['name']}: " + ("input current of the output layer (its mean over T is "
+                                       "the output)" if graded else
+                                       "membrane potential of the output neurons"), fontsize=9)
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return _save(fig, path)

@@ -193,6 +193,7 @@ def trace(model: nn.Module, x: Tensor) -> dict[str, Any]:
             "input": x.detach().clone(),
             "layers": [
                 {"name": layer_name(m), "spikes": outputs[m].detach().float(),
+                 "spiking": isinstance(m.neuron, layers.LIF),
                  # a non-spiking layer (the ANN baseline) has no membrane: its output stands in
                  "membrane": (m.neuron.membrane if isinstance(m.neuron, layers.LIF)
                               else outputs[m]).detach().float()}
