@@ -14,6 +14,15 @@ its box becomes the score-weighted mean of the windows it suppressed (and itself
 the mean of its own score and theirs. Voting matters for a spiking network, whose firing rates
 saturate: many windows around a digit score exactly 1, and plain NMS would pick one of them at
 random — the choice was made on the validation scenes (docs/results.md).
+
+Two ways to run the windows (``windows``): ``"each"`` as above (the reference), or ``"shared"``
+for a network with unpadded convolutions: the image is rescaled once per window side so that
+the window becomes the network's input size (:meth:`Detector.pyramid`) and the fully
+convolutional form of the network (:mod:`stbp.fullconv`) scores every window of the level in
+one pass, windows a multiple of the pooling stride apart. Two readouts (``readout``): the
+output layer's firing rates, or its mean input current, squashed by a logistic of the margin in
+thresholds (graded where rates tie). A network trained with ``[model] readout = "current"``
+outputs currents either way.
 :func:`average_precision` is the VOC all-point AP at an IoU threshold (0.5 for "mAP@0.5"; with
 one object class, mAP = AP).
 """
@@ -179,7 +188,9 @@ class Detection:
 
 
 class Detector:
-    """A trained run's network used as a sliding-window detector (see the module docstring)."""
+    """A trained run's network used as a sliding-window detector (see the module docstring):
+    ``windows`` "auto" (shared where the network allows it), "shared" or "each"; ``readout``
+    "rate" or "current"."""
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], *, background: str = "background",
                  scales: tuple[int, ...] | list[int] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
