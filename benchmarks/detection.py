@@ -30,15 +30,14 @@ from stbp.detect import Detector, evaluate_scenes
 
 def _window_accuracy(run: str) -> dict[str, float]:
     from stbp.data.splits import load_splits
-    from stbp.runs import evaluate, load_run, saved_limit_eval
+    from stbp.runs import eval_options, evaluate, load_run, saved_limit_eval
 
     model, cfg, _, _ = load_run(run)
     classes = cfg["data"]["classes"]
     groups = torch.tensor([0 if c == "background" else 1 for c in classes])
     data, _ = load_splits(cfg, None)
-    limit, seed, t = saved_limit_eval(run), cfg["train"]["seed"], cfg["train"]
-    kw = dict(batch_size=t["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
-              precision=t["precision"], groups=groups)
+    limit, seed = saved_limit_eval(run), cfg["train"]["seed"]
+    kw = dict(eval_options(cfg), groups=groups)
     steps = cfg["encoding"]["steps"]
     return {"val_two_class": evaluate(model, data["val"].subset(limit), steps, seed=seed, **kw),
             "test_two_class": evaluate(model, data["test"].subset(limit), steps, seed=seed + 1, **kw)}

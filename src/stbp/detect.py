@@ -224,10 +224,9 @@ class Detector:
             "each" if windows == "auto" else windows)
         # shared windows step by a multiple of the network's pooling stride: the nearest to
         # ``stride`` (a fraction of the network's input side), at least one
-        self.shared = None
-        if self.windows == "shared":
-            pooling = fully_convolutional(self.model).stride
-            self.shared = fully_convolutional(self.model, max(1, round(stride * self.size / pooling)))
+        self.shared = fully_convolutional(self.model) if self.windows == "shared" else None
+        if self.shared is not None and (step := max(1, round(stride * self.size / self.shared.stride))) > 1:
+            self.shared = fully_convolutional(self.model, step)
         if readout not in READOUTS:
             raise StbpError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         self.readout = readout

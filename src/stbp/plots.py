@@ -324,7 +324,7 @@ def plot_trained(
     whose per-epoch ``history`` its card holds) into the folder ``out``."""
     from stbp.data.splits import load_splits
     from stbp.loss import predict
-    from stbp.runs import evaluate
+    from stbp.runs import eval_options, evaluate
     from stbp.stats import FiringMonitor, trace
 
     _check_plot_options(sample, limit_eval)
@@ -349,9 +349,7 @@ def plot_trained(
             out / "surrogate.png", title=f"{name}: the approximated derivative it was trained with"))
     subset = test.subset(limit_eval)
     with FiringMonitor(model) as monitor:
-        acc = evaluate(model, subset, steps, seed=cfg["train"]["seed"] + 1, encoding_kind=enc,
-                       batch_size=cfg["train"]["eval_batch_size"],
-                       precision=cfg["train"]["precision"])
+        acc = evaluate(model, subset, steps, seed=cfg["train"]["seed"] + 1, **eval_options(cfg))
     firing = monitor.summary()
     paths["rates"] = str(layer_rates({name: firing["layers"]}, out / "rates.png",
                                      title=f"{name}: mean firing rate per layer on "

@@ -29,7 +29,8 @@ from stbp.models import SpikingNet, build
 
 __all__ = ["CHECKPOINT_FORMAT", "build_model", "describe_model", "model_shapes", "autocast", "resolve_device",
            "evaluate", "load_checkpoint", "model_from_checkpoint", "load_run", "eval_run",
-           "saved_limit_eval", "strict_json", "Trained", "open_run", "open_checkpoint", "eval_trained"]
+           "saved_limit_eval", "strict_json", "eval_options", "Trained", "open_run", "open_checkpoint",
+           "eval_trained"]
 
 CHECKPOINT_FORMAT = "stbp-checkpoint-v1"
 #: a checkpoint may unpack to at most twice its size plus this (stbp stores tensors uncompressed)
@@ -101,6 +102,13 @@ def resolve_device(name: str) -> torch.device:
         raise StbpError("[train] device = 'cuda', but torch finds no CUDA GPU "
                         "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
     return torch.device(name)
+
+
+def eval_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` that a config sets (batch size, encoding,
+    precision): how the trainer, ``stbp eval``, ``plot`` and the shipped models evaluate."""
+    return {"batch_size": cfg["train"]["eval_batch_size"], "encoding_kind": cfg["encoding"]["kind"],
+            "precision": cfg["train"]["precision"]}
 
 
 @torch.no_grad()
@@ -300,8 +308,6 @@ def eval_run(
     The result also holds the firing statistics on the test split (:mod:`stbp.stats`): each
     layer's mean rate and synaptic operations per sample, next to a same-shape ANN's MACs.
     """
-    if limit_eval is not None and limit_eval < 1:
-        raise StbpError(f"--limit-eval must be >= 1, got {limit_eval}")
     return eval_trained(open_run(run_dir, checkpoint, data_dir), limit_eval=limit_eval)
 
 
@@ -316,8 +322,7 @@ def eval_trained(trained: Trained, *, limit_eval: int | None = None) -> dict[str
     limit_eval, rule = limit_rule(limit_eval, trained.limit_eval)
     data, _ = load_splits(cfg, trained.data_dir)
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
-    ev = dict(batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
-              precision=cfg["train"]["precision"])
+    ev = eval_options(cfg)
     val, test = data["val"].subset(limit_eval), data["test"].subset(limit_eval)
     val_acc = evaluate(model, val, steps, seed=seed, **ev)
     with FiringMonitor(model) as monitor:

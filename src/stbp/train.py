@@ -35,6 +35,7 @@ from stbp.runs import (
     autocast,
     build_model,
     describe_model,
+    eval_options,
     eval_run,
     evaluate,
     load_checkpoint,
@@ -376,8 +377,7 @@ def _end_epoch(run: _Run, epoch: int, stats: dict[str, Any]) -> None:
     t0 = time.perf_counter() - stats["train_seconds"]
     run.save_last(epoch, pending=stats)
     steps, seed, tcfg = cfg["encoding"]["steps"], cfg["train"]["seed"], cfg["train"]
-    ev = dict(batch_size=tcfg["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
-              precision=tcfg["precision"])
+    ev = eval_options(cfg)
     val_split = run.splits["val"]
     val_spikes = torch.zeros(dataset_info(cfg["data"]).classes)
     val_acc = evaluate(run.scored, val_split, steps, seed=seed, output_spikes=val_spikes, **ev)

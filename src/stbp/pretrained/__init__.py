@@ -147,14 +147,13 @@ def test_accuracy(name: str, *, limit: int | None = None, data_dir: str | os.Pat
     eval`` draw (seed ``EVAL_SEED``, the run's seed + 1). Needs the dataset (``data_dir``, else the
     usual lookup)."""
     from stbp.data.splits import load_splits
-    from stbp.runs import evaluate
+    from stbp.runs import eval_options, evaluate
 
     t = trained(name, data_dir=data_dir, folder=folder)
     cfg = t.cfg
     test = load_splits(cfg, t.data_dir)[0]["test"].subset(limit)
     acc = evaluate(t.model, test, cfg["encoding"]["steps"], seed=cfg["train"]["seed"] + 1,
-                   batch_size=cfg["train"]["eval_batch_size"], encoding_kind=cfg["encoding"]["kind"],
-                   precision=cfg["train"]["precision"])
+                   **eval_options(cfg))
     return acc, len(test)
 
 
