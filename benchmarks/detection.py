@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from stbp.detect import Detector, evaluate_scenes
+from stbp.detect import DEFAULT_NMS_IOU, DEFAULT_STRIDE, Detector, evaluate_scenes
 
 
 def _window_accuracy(run: str) -> dict[str, float]:
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", nargs="+", default=["each", "shared"], choices=["each", "shared"])
     ap.add_argument("--readout", nargs="+", default=["rate", "current"], choices=["rate", "current"])
     ap.add_argument("--limit", type=int, default=None, help="only the first N scenes")
+    ap.add_argument("--stride", type=float, default=DEFAULT_STRIDE,
+                    help=f"window step as a fraction of its side (default {DEFAULT_STRIDE:g})")
+    ap.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU,
+                    help=f"NMS overlap (default {DEFAULT_NMS_IOU:g})")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--window-accuracy", action="store_true",
                     help="also the run's two-class (object/background) window accuracy on its "
@@ -61,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for windows in args.windows:
         for readout in args.readout:
-            det = Detector.from_run(args.run, windows=windows, readout=readout)
+            det = Detector.from_run(args.run, windows=windows, readout=readout, stride=args.stride)
             t0 = time.perf_counter()
-            res = evaluate_scenes(det, args.scenes, limit=args.limit)
+            res = evaluate_scenes(det, args.scenes, limit=args.limit, nms_iou=args.nms_iou)
             seconds = time.perf_counter() - t0
-            rows.append({"windows": windows, "readout": readout, "ap": res["ap"],
+            rows.append({"windows": windows, "readout": readout, "stride": det.stride,
+                         "step_px": det.shared.stride if det.shared is not None else None,
+                         "nms_iou": args.nms_iou, "ap": res["ap"],
                          "ap_other": res["ap_other"], "scenes": res["scenes"],
                          "windows_scored": res.get("windows_scored"), "seconds": seconds})
             print(f"{windows:>6} {readout:>7}  AP@0.5 {100 * res['ap']:5.1f} %  (other voting "

@@ -214,14 +214,29 @@ def test_box_vote_centres_tied_windows():
     scores = np.array([1.0, 1.0, 1.0, 0.6])
     keep = nms(boxes, scores, 0.3)
     assert keep.tolist() == [0, 3]
-    voted, vs = box_vote(boxes, scores, keep, 0.3)
+    voted, vs, support = box_vote(boxes, scores, keep, 0.3)
     assert voted.tolist() == [[2, 0, 12, 10], [40, 40, 50, 50]]
-    assert vs.tolist() == pytest.approx([1.0, 0.6])
-    # a kept window whose neighbours score low is ranked below one with strong support
+    assert vs.tolist() == pytest.approx([1.0, 0.6]) and support.tolist() == pytest.approx([1.0, 0.6])
+    # each kept box keeps its own score; the group's mean score is its support
     scores2 = np.array([0.9, 0.2, 0.2, 0.8])
-    voted2, vs2 = box_vote(boxes, scores2, nms(boxes, scores2, 0.3), 0.3)
-    assert vs2[0] == pytest.approx((0.9 + (0.9 + 0.2 + 0.2) / 3) / 2) and vs2[0] < vs2[1]
-    assert box_vote(boxes, scores, np.zeros(0, np.int64), 0.3)[0].shape == (0, 4)
+    voted2, vs2, support2 = box_vote(boxes, scores2, nms(boxes, scores2, 0.3), 0.3)
+    assert vs2.tolist() == pytest.approx([0.9, 0.8])
+    assert support2.tolist() == pytest.approx([(0.9 + 0.2 + 0.2) / 3, 0.8])
+    assert voted2[0].tolist() == [1, 0, 11, 10]  # (0.9*0 + 0.2*4 + 0.2*2) / 1.3 = 0.92 -> 1
+    empty = box_vote(boxes, scores, np.zeros(0, np.int64), 0.3)
+    assert empty[0].shape == (0, 4) and empty[1].shape == empty[2].shape == (0,)
+
+
+def test_select_ranks_tied_scores_by_support():
+    """Boxes whose scores tie are ranked by the mean score of their group, best first."""
+    det = Detector.__new__(Detector)  # select() needs only the classes and the voting setting
+    det.classes, det.vote = ["background", "object"], True
+    # two isolated objects tied at 1.0: the one with strong neighbours ranks first
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [51, 50, 61, 60]])
+    scores = np.array([1.0, 0.2, 1.0, 0.9])
+    found = det.select(boxes, scores, np.ones(4, np.int64), min_score=0.0, nms_iou=0.3)
+    assert [d.score for d in found] == [1.0, 1.0]
+    assert found[0].box[0] >= 50 and found[1].box[0] <= 1
 
 
 def test_digit_labelled_windows_name_the_digit(mnist, tmp_path):

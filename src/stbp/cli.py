@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                        "MNIST digits with boxes, and object/background windows to train on")
     s.add_argument("--out", required=True, help="a new folder for scenes/, windows/, benchmark.json")
     s.add_argument("--seed", type=int, default=0, help="the seed every scene follows from (default 0)")
-    s.add_argument("--train", type=int, default=600, help="training scenes (default 600)")
+    s.add_argument("--train", type=int, default=3000, help="training scenes (default 3000)")
     s.add_argument("--val", type=int, default=100, help="validation scenes (default 100)")
     s.add_argument("--test", type=int, default=100, help="test scenes (default 100)")
     s.add_argument("--labels", choices=["object", "digit"], default="object",
@@ -125,9 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                    "voting with --no-vote), from the same windows")
     d.add_argument("--scales", default=",".join(map(str, _default_scales())),
                    help="window sides in pixels, comma-separated (default: %(default)s)")
-    d.add_argument("--stride", type=float, default=0.25,
-                   help="window step as a fraction of its side, for --windows each (default: "
-                   "%(default)s; shared windows step by the network's pooling: 4 px at 28 px)")
+    d.add_argument("--stride", type=float, default=_detect_default("DEFAULT_STRIDE"),
+                   help="window step as a fraction of its side (default: %(default).4g; shared "
+                   "windows step by the multiple of the network's pooling stride nearest to it)")
     d.add_argument("--windows", default="auto", choices=["auto", "shared", "each"],
                    help="shared: every window of a scale in one fully convolutional pass (a network "
                    "with [model] padding = \"valid\"); each: every window cropped and run on its own "
@@ -136,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a window's score from the output layer's firing rates (default) or its "
                    "mean input current (graded where rates tie)")
     d.add_argument("--min-score", type=float, default=0.5, help="keep boxes scoring at least this")
-    d.add_argument("--nms-iou", type=float, default=0.3,
-                   help="drop a box overlapping a better one by more than this IoU (default 0.3)")
+    d.add_argument("--nms-iou", type=float, default=_detect_default("DEFAULT_NMS_IOU"),
+                   help="drop a box overlapping a better one by more than this IoU (default %(default)g)")
     d.add_argument("--no-vote", action="store_true",
                    help="plain NMS: keep each best window as it is (default: box voting, see "
                    "stbp.detect.box_vote)")
@@ -178,6 +178,12 @@ def _dataset_help() -> str:
     forms = "; ".join(f"{s.name}{':' + s.argument.upper() if s.argument else ''}: {s.summary}"
                       for s in registry.specs())
     return f"the dataset (overrides data.dataset and the key NAME:VALUE sets): {forms}"
+
+
+def _detect_default(name: str) -> float:
+    import stbp.detect
+
+    return getattr(stbp.detect, name)
 
 
 def _default_scales() -> tuple[int, ...]:

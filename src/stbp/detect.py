@@ -9,11 +9,13 @@ training windows), encodes them as the run was trained (Bernoulli rate coding or
 input, fixed seed) and scores each window from the output firing rates:
 ``score = (max over object classes of rate − rate of the background class + 1) / 2``, in [0, 1]
 for a spiking network. :func:`nms` then keeps the best-scoring window of every group that
-overlaps by more than ``nms_iou``, and :func:`box_vote` (on by default) refines each kept window:
-its box becomes the score-weighted mean of the windows it suppressed (and itself), its score
-the mean of its own score and theirs. Voting matters for a spiking network, whose firing rates
-saturate: many windows around a digit score exactly 1, and plain NMS would pick one of them at
-random — the choice was made on the validation scenes (docs/results.md).
+overlaps by more than ``nms_iou`` (0.2 by default), and :func:`box_vote` (on by default)
+refines each kept window: its box becomes the score-weighted mean of the windows it suppressed
+(and itself); it keeps its own score, and boxes whose scores tie (a spiking network's rates
+saturate: many windows around a digit may score exactly 1) are ranked by the mean score of
+their group. The best window on a grid is often a few pixels off the digit; voting centres it —
+for the spiking detector it is worth ~20 AP points on the validation scenes, where these
+settings were chosen (docs/results.md).
 
 Two ways to run the windows (``windows``): ``"each"`` as above (the reference), or ``"shared"``
 for a network with unpadded convolutions: the image is rescaled once per window side so that
@@ -50,10 +52,13 @@ if TYPE_CHECKING:
     from stbp.runs import Trained
 
 __all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
-           "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE"]
+           "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE",
+           "DEFAULT_NMS_IOU"]
 
 DEFAULT_SCALES: tuple[int, ...] = SceneSpec().window_scales
 DEFAULT_STRIDE = 0.25
+#: non-maximum suppression drops a box overlapping a better one by more than this IoU
+DEFAULT_NMS_IOU = 0.2
 #: how a :class:`Detector` runs its windows: "shared" (one fully convolutional pass per scale),
 #: "each" (every window on its own: the reference), "auto" (shared where the network allows)
 WINDOW_MODES = ("auto", "shared", "each")
@@ -104,19 +109,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
-             iou: float) -> tuple[np.ndarray, np.ndarray]:
+             iou: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refine the boxes ``keep`` that :func:`nms` kept: each becomes the score-weighted mean of
-    the boxes overlapping it by more than ``iou`` (itself included; rounded to pixels), with
-    score (its own + the mean score of that group) / 2 — so that among windows tied at the top
-    score, the ones with better-supported surroundings rank first. Returns (boxes ``[K, 4]``
-    int64, scores ``[K]``)."""
+    the boxes overlapping it by more than ``iou`` (itself included; rounded to pixels), and
+    keeps its own score. Returns (boxes ``[K, 4]`` int64, scores ``[K]``, support ``[K]``: the
+    mean score of each group, which ranks boxes whose scores tie — a spiking network's rates
+    saturate, so many windows may score exactly 1 — the better-supported first)."""
     boxes = np.asarray(boxes).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     keep = np.asarray(keep, dtype=np.int64).reshape(-1)
     if not len(keep):
-        return np.zeros((0, 4), np.int64), np.zeros(0)
+        return np.zeros((0, 4), np.int64), np.zeros(0), np.zeros(0)
     overlaps = box_iou(boxes[keep], boxes)
-    out_boxes, out_scores = [], []
+    out_boxes, support = [], []
     for row, k in enumerate(keep):
         members = overlaps[row] > iou
         members[k] = True
@@ -126,8 +131,8 @@ def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
         else:
             box = boxes[k]
         out_boxes.append(np.rint(box).astype(np.int64))
-        out_scores.append((scores[k] + w.mean()) / 2)
-    return np.stack(out_boxes), np.asarray(out_scores)
+        support.append(w.mean())
+    return np.stack(out_boxes), scores[keep], np.asarray(support)
 
 
 def match(detections: list[tuple[int, float, list[int]]], truths: list[np.ndarray],
@@ -352,23 +357,23 @@ class Detector:
             return np.zeros((0, 4), np.int64), np.zeros((0, len(self.classes)))
         return np.concatenate(all_boxes), np.concatenate(all_rates)
 
-    def detect(self, image: np.ndarray, *, min_score: float = 0.5, nms_iou: float = 0.3,
+    def detect(self, image: np.ndarray, *, min_score: float = 0.5, nms_iou: float = DEFAULT_NMS_IOU,
                seed: int = 0) -> list[Detection]:
         """Boxes after non-maximum suppression (and :func:`box_vote`, unless ``vote=False``)
         with ``score >= min_score``, best first."""
         return self.select(*self.score_windows(image, seed=seed), min_score=min_score, nms_iou=nms_iou)
 
     def select(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, min_score: float = 0.5,
-               nms_iou: float = 0.3, vote: bool | None = None) -> list[Detection]:
+               nms_iou: float = DEFAULT_NMS_IOU, vote: bool | None = None) -> list[Detection]:
         """The detections among scored windows (:meth:`score_windows`): NMS, box voting
         (``vote``, default: the detector's setting), then ``score >= min_score``, best first."""
         keep = nms(boxes, scores, nms_iou)
         labels = labels[keep]
         if self.vote if vote is None else vote:
-            boxes, scores = box_vote(boxes, scores, keep, nms_iou)
+            boxes, scores, support = box_vote(boxes, scores, keep, nms_iou)
         else:
-            boxes, scores = boxes[keep], scores[keep]
-        order = np.lexsort((np.arange(len(scores)), -scores))
+            boxes, scores, support = boxes[keep], scores[keep], scores[keep]
+        order = np.lexsort((np.arange(len(scores)), -support, -scores))
         return [Detection(boxes[i].tolist(), float(scores[i]), self.classes[labels[i]])
                 for i in order if scores[i] >= min_score]
 
@@ -427,7 +432,7 @@ def annotate(image: np.ndarray, detections: list[Detection]) -> bytes:
 
 
 def write_detections(detector: Detector, images: list[str | os.PathLike], out: str | os.PathLike, *,
-                     min_score: float = 0.5, nms_iou: float = 0.3) -> list[dict[str, Any]]:
+                     min_score: float = 0.5, nms_iou: float = DEFAULT_NMS_IOU) -> list[dict[str, Any]]:
     """Detect in every image; write ``out/<name>.json`` (boxes, scores, classes) and
     ``out/<name>.png`` (annotated) for each. Every image is read and checked before anything is
     written, and each file is written whole (``.part`` then renamed)."""
@@ -459,7 +464,7 @@ def write_detections(detector: Detector, images: list[str | os.PathLike], out: s
     return results
 
 
-def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou: float = 0.3,
+def evaluate_scenes(detector: Detector, scene_dir: str | os.PathLike, *, nms_iou: float = DEFAULT_NMS_IOU,
                     iou: float = 0.5, limit: int | None = None) -> dict[str, Any]:
     """AP at IoU ``iou`` of the detector on a scene folder with ``boxes.json`` (``stbp scenes``):
     every window scored, NMS (and box voting, as the detector is set), all remaining boxes ranked

@@ -294,7 +294,7 @@ def write_benchmark(
     if labels not in WINDOW_LABELS:
         raise StbpError(f"window labels must be one of {', '.join(WINDOW_LABELS)}, got {labels!r}")
     classes = ["object"] if labels == "object" else [f"digit-{d}" for d in range(10)]
-    counts = {"train": 600, "val": 100, "test": 100, **(counts or {})}
+    counts = {"train": 3000, "val": 100, "test": 100, **(counts or {})}
     for split, n in counts.items():
         if split not in SPLIT_SOURCES or isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise StbpError(f"scene count {split} = {n!r}: expected an integer >= 1 for train, val, test")
