@@ -280,7 +280,15 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
         times.append(time.perf_counter() - t0)
     ms = 1000 * statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_mb()
-    return {"case": case, "kind": kind, "T": steps_t, "batch": batch, "ms": ms,
+    encode_times = []  # the input encoding alone (part of every step above), for the share
+    for _ in range(iters):  # of a step that is the network's
+        t0 = time.perf_counter()
+        encode(batch)
+        if cuda:
+            torch.cuda.synchronize()
+        encode_times.append(time.perf_counter() - t0)
+    encode_ms = 1000 * statistics.median(encode_times)
+    return {"case": case, "kind": kind, "T": steps_t, "batch": batch, "ms": ms, "encode_ms": encode_ms,
             "samples_s": batch / ms * 1000, "peak_mb": max(0.0, peak - base),
             "threads": threads, "device": device}
 
@@ -338,16 +346,20 @@ def _table(rows: list[dict]) -> str:
     least_mem = min(peers, key=lambda r: r["peak_mb"]) if peers else None
     base = next((r for r in rows if r["case"] == BASELINE), None)
     head = ("| case | ms/step | samples/s | peak MB | × floor | speed-up vs fastest peer "
-            "| memory vs leanest peer |" + (" speed-up vs baseline | memory vs baseline |"
-                                            if base else ""))
-    lines = [head, "|---|---|---|---|---|---|---|" + ("---|---|" if base else "")]
+            "| memory vs leanest peer | of which encoding, ms | network alone: speed-up vs that peer |"
+            + (" speed-up vs baseline | memory vs baseline |" if base else ""))
+    lines = [head, "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if base else "")]
     for r in rows:
         x_floor = f"{r['ms'] / floor:.2f}" if floor else "—"
         speed = f"{fastest['ms'] / r['ms']:.2f}× ({fastest['case']})" if fastest else "—"
         mem = (f"{r['peak_mb'] / least_mem['peak_mb']:.2f}× ({least_mem['case']})"
                if least_mem and least_mem["peak_mb"] > 0 else "—")
+        enc = r.get("encode_ms")
+        net = (f"{(fastest['ms'] - fastest['encode_ms']) / (r['ms'] - enc):.2f}×"
+               if fastest and enc is not None and fastest.get("encode_ms") is not None
+               and r["ms"] > enc else "—")
         line = (f"| {r['case']} | {r['ms']:.1f} | {r['samples_s']:.0f} | {r['peak_mb']:.0f} "
-                f"| {x_floor} | {speed} | {mem} |")
+                f"| {x_floor} | {speed} | {mem} | {'—' if enc is None else f'{enc:.1f}'} | {net} |")
         if base:
             line += (f" {base['ms'] / r['ms']:.2f}× | {r['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}× |"
                      if r["case"].startswith("stbp") else " — | — |")
@@ -474,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["ms"] = statistics.median(r["ms"] for r in runs[case])
                 row["samples_s"] = row["batch"] / row["ms"] * 1000
                 row["ms_runs"] = [round(r["ms"], 1) for r in runs[case]]
+                encodes = [r.get("encode_ms") for r in runs[case]]  # a --baseline may not say
+                row["encode_ms"] = None if None in encodes else statistics.median(encodes)
                 rows.append(row)
             print(f"\n### {kind.upper()}, T = {steps_t}\n")
             print(_table(rows))

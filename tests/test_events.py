@@ -360,7 +360,8 @@ def test_event_conv_matches_f_conv2d(shape, cout, k, pad, high, monkeypatch):
 
 def _check_conv(ours, x, w, b, pad, g, monkeypatch, steps=0, **no_grad_tol):
     """``ours`` (the event-driven conv of ``x``) against F.conv2d: current, weight and bias
-    gradients, the graph-free path, and the weight gradient's bits for 1 and 2 threads."""
+    gradients, the graph-free path, and the weight and bias gradients' bits for 1 and 2 threads
+    (both summed in the same fixed parts)."""
     ref = F.conv2d(x.float(), w, b, 1, pad)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     err = torch.randn(ours.shape, generator=g)
@@ -373,8 +374,8 @@ def _check_conv(ours, x, w, b, pad, g, monkeypatch, steps=0, **no_grad_tol):
                                    **no_grad_tol)
     for threads in (1, 2):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
-        again = torch.autograd.grad(synapse.conv2d(x, w, b, 1, pad, steps=steps), w, err)[0]
-        assert torch.equal(again, gw)
+        again_w, again_b = torch.autograd.grad(synapse.conv2d(x, w, b, 1, pad, steps=steps), (w, b), err)
+        assert torch.equal(again_w, gw) and torch.equal(again_b, gb)  # fixed parts, any threads
 
 
 def test_event_conv_falls_back_where_it_does_not_apply():

@@ -218,10 +218,12 @@ class _EventConv2d(torch.autograd.Function):
         images, weight = ctx.saved_tensors
         g = grad.to(weight.dtype).contiguous()
         grad_src = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            grad_w = sparse_conv.weight_grad(images, g, weight.shape, ctx.padding, ctx.divisor,
-                                             ctx.steps, ctx.tuning)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1]:  # ∂L/∂b comes from the same pass over the error
+            grad_w, sums = sparse_conv.weight_grad(images, g, weight.shape, ctx.padding, ctx.divisor,
+                                                   ctx.steps, ctx.tuning)
+            grad_b = sums if want_b else None
+        elif want_b:
             grad_b = g.sum((0, 2, 3))
         if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution, dense
             grad_o = torch.nn.grad.conv2d_input(images.shape, weight, g, 1, ctx.padding)

@@ -75,12 +75,14 @@ if HAVE_NUMBA:
                         oc[q] = ac[q]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _conv_weight_grad(x, g, pad, steps, parts):  # pragma: no cover - compiled
+    def _conv_weight_grad(x, g, pad, steps, parts, bias_parts):  # pragma: no cover - compiled
         # parts[p][ci, ky, kx, :] = Σ over part p's images and their nonzero inputs of
         # v · g[n, :, yi + pad − ky, xi + pad − kx] (channels padded to whole vectors) — ∂L/∂W
         # (E8) in fixed parts, so the sum does not depend on the thread count. steps = T > 1:
         # over each sample's changes v = x^t − x^{t−1}, weighted by the suffix sums
-        # Σ_{t' ≥ t} g^{t'} (Σ_t g^t ⋆ x^t = Σ_t (Σ_{t' ≥ t} g^{t'}) ⋆ Δ^t)
+        # Σ_{t' ≥ t} g^{t'} (Σ_t g^t ⋆ x^t = Σ_t (Σ_{t' ≥ t} g^{t'}) ⋆ Δ^t).
+        # bias_parts[p, :] = Σ of g over part p's images and positions — ∂L/∂b, from the sums
+        # over all T steps that the suffix sums end with (one pass per sample, not per step)
         images, cin, h, w = x.shape
         cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
         nparts, k, cp = parts.shape[0], parts.shape[2], parts.shape[4]
@@ -91,6 +93,8 @@ if HAVE_NUMBA:
         for p in nb.prange(nparts):
             acc = parts[p]
             acc[:] = 0
+            bacc = bias_parts[p]
+            bacc[:] = 0
             gl = np.zeros((ho * wo, cp), g.dtype)
             for u in range(p * step, min(per, (p + 1) * step)):
                 gl[:] = 0
@@ -118,6 +122,9 @@ if HAVE_NUMBA:
                                         gv = gl[q0 - kx]
                                         for c in range(cp):
                                             a[c] += fv * gv[c]
+                for q in range(ho * wo):  # gl = Σ_t g^t of sample u
+                    for c in range(cp):
+                        bacc[c] += gl[q, c]
 
 
 
@@ -152,14 +159,17 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, diviso
 
 
 def weight_grad(x: Tensor, grad: Tensor, weight_shape: torch.Size, padding: int,
-                divisor: int = 1, steps: int = 0, tuning: Tuning = TUNING) -> Tensor:
+                divisor: int = 1, steps: int = 0, tuning: Tuning = TUNING) -> tuple[Tensor, Tensor]:
     """∂L/∂W ``[Cout, Cin, K, K]`` (E8) of the convolution of byte inputs ``x`` (value = code /
-    ``divisor``) whose output gradient is ``grad`` ``[N, Cout, Ho, Wo]`` (contiguous)."""
+    ``divisor``) whose output gradient is ``grad`` ``[N, Cout, Ho, Wo]`` (contiguous), and
+    ∂L/∂b ``[Cout]`` (the sum of ``grad`` over images and positions), from the same pass."""
     cout, cin, k, _ = weight_shape
-    parts = np.empty((tuning.parts, cin, k, k, vectors(cout)), grad.numpy().dtype)
+    dtype = grad.numpy().dtype
+    parts = np.empty((tuning.parts, cin, k, k, vectors(cout)), dtype)
+    bias_parts = np.empty((tuning.parts, vectors(cout)), dtype)
     with threads():
-        _conv_weight_grad(byte_images(x), grad.numpy(), padding, steps, parts)
+        _conv_weight_grad(byte_images(x), grad.numpy(), padding, steps, parts, bias_parts)
     total = torch.from_numpy(parts.sum(0)[..., :cout])
     if divisor != 1:
         total.mul_(1.0 / divisor)
-    return total.permute(3, 0, 1, 2).contiguous()
+    return total.permute(3, 0, 1, 2).contiguous(), torch.from_numpy(bias_parts.sum(0)[:cout].copy())
