@@ -11,7 +11,7 @@ from PIL import Image
 
 from stbp.cli import main
 from stbp.config import load_config
-from stbp.data.scenes import write_benchmark
+from stbp.data.scenes import box_iou, write_benchmark
 from stbp.detect import Detector, average_precision, box_vote, evaluate_scenes, nms, window_grid
 from stbp.errors import StbpError
 from stbp.train import train
@@ -73,8 +73,6 @@ def test_nms_keeps_the_best_of_each_overlapping_group():
 
 def test_nms_equals_the_textbook_loop_on_many_boxes():
     """Greedy NMS as written in textbooks (the whole IoU matrix up front) keeps the same boxes."""
-    from stbp.data.scenes import box_iou
-
     rng = np.random.default_rng(0)
     xy = rng.integers(0, 80, (600, 2))
     boxes = np.concatenate([xy, xy + rng.integers(8, 40, (600, 1))], axis=1)
@@ -237,6 +235,27 @@ def test_select_ranks_tied_scores_by_support():
     found = det.select(boxes, scores, np.ones(4, np.int64), min_score=0.0, nms_iou=0.3)
     assert [d.score for d in found] == [1.0, 1.0]
     assert found[0].box[0] >= 50 and found[1].box[0] <= 1
+
+
+def test_final_boxes_never_overlap_more_than_nms_iou():
+    """Voting moves the kept boxes, so two of them may come to overlap: the detector suppresses
+    again, so that no two final boxes overlap by more than nms_iou (with or without voting)."""
+    det = Detector.__new__(Detector)
+    det.classes, det.vote = ["background", "object"], True
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        xy = rng.integers(0, 60, (80, 2))
+        boxes = np.concatenate([xy, xy + rng.integers(20, 40, (80, 1))], axis=1)
+        scores = rng.random(80)
+        for vote in (True, False):
+            for nms_iou in (0.2, 0.3, 0.5):
+                found = det.select(boxes, scores, np.ones(80, np.int64), min_score=0.0,
+                                   nms_iou=nms_iou, vote=vote)
+                kept = np.asarray([d.box for d in found])
+                overlaps = box_iou(kept, kept)
+                np.fill_diagonal(overlaps, 0)
+                assert overlaps.max() <= nms_iou + 1e-12
+                assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
 
 
 def test_digit_labelled_windows_name_the_digit(mnist, tmp_path):

@@ -366,14 +366,20 @@ class Detector:
     def select(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, min_score: float = 0.5,
                nms_iou: float = DEFAULT_NMS_IOU, vote: bool | None = None) -> list[Detection]:
         """The detections among scored windows (:meth:`score_windows`): NMS, box voting
-        (``vote``, default: the detector's setting), then ``score >= min_score``, best first."""
+        (``vote``, default: the detector's setting) and NMS again over the voted boxes (no two
+        overlap by more than ``nms_iou``), then ``score >= min_score``, best first (equal scores:
+        the better-supported first)."""
         keep = nms(boxes, scores, nms_iou)
         labels = labels[keep]
-        if self.vote if vote is None else vote:
+        voted = self.vote if vote is None else vote
+        if voted:
             boxes, scores, support = box_vote(boxes, scores, keep, nms_iou)
         else:
             boxes, scores, support = boxes[keep], scores[keep], scores[keep]
         order = np.lexsort((np.arange(len(scores)), -support, -scores))
+        if voted:  # voting moves boxes: suppress again, in rank order, so that no two of the
+            # final boxes overlap by more than nms_iou
+            order = order[nms(boxes[order], -np.arange(len(order), dtype=np.float64), nms_iou)]
         return [Detection(boxes[i].tolist(), float(scores[i]), self.classes[labels[i]])
                 for i in order if scores[i] >= min_score]
 
