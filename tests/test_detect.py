@@ -12,7 +12,7 @@ from PIL import Image
 from stbp.cli import main
 from stbp.config import load_config
 from stbp.data.scenes import box_iou, write_benchmark
-from stbp.detect import Detector, average_precision, box_vote, evaluate_scenes, nms, window_grid
+from stbp.detect import Detector, average_precision, box_vote, evaluate_scenes, nms, suppress, window_grid
 from stbp.errors import StbpError
 from stbp.train import train
 
@@ -212,16 +212,16 @@ def test_box_vote_centres_tied_windows():
     scores = np.array([1.0, 1.0, 1.0, 0.6])
     keep = nms(boxes, scores, 0.3)
     assert keep.tolist() == [0, 3]
-    voted, vs, support = box_vote(boxes, scores, keep, 0.3)
+    voted, vs, support = box_vote(boxes, scores, keep, suppress(boxes, scores, 0.3)[1])
     assert voted.tolist() == [[2, 0, 12, 10], [40, 40, 50, 50]]
     assert vs.tolist() == pytest.approx([1.0, 0.6]) and support.tolist() == pytest.approx([1.0, 0.6])
     # each kept box keeps its own score; the group's mean score is its support
     scores2 = np.array([0.9, 0.2, 0.2, 0.8])
-    voted2, vs2, support2 = box_vote(boxes, scores2, nms(boxes, scores2, 0.3), 0.3)
+    voted2, vs2, support2 = box_vote(boxes, scores2, *suppress(boxes, scores2, 0.3))
     assert vs2.tolist() == pytest.approx([0.9, 0.8])
     assert support2.tolist() == pytest.approx([(0.9 + 0.2 + 0.2) / 3, 0.8])
     assert voted2[0].tolist() == [1, 0, 11, 10]  # (0.9*0 + 0.2*4 + 0.2*2) / 1.3 = 0.92 -> 1
-    empty = box_vote(boxes, scores, np.zeros(0, np.int64), 0.3)
+    empty = box_vote(boxes, scores, np.zeros(0, np.int64), np.zeros(4, np.int64))
     assert empty[0].shape == (0, 4) and empty[1].shape == empty[2].shape == (0,)
 
 

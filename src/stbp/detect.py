@@ -8,14 +8,14 @@ network's input size with :func:`stbp.data.scenes.crop_resize` (the function tha
 training windows), encodes them as the run was trained (Bernoulli rate coding or direct
 input, fixed seed) and scores each window from the output firing rates:
 ``score = (max over object classes of rate − rate of the background class + 1) / 2``, in [0, 1]
-for a spiking network. :func:`nms` then keeps the best-scoring window of every group that
-overlaps by more than ``nms_iou`` (0.2 by default), and :func:`box_vote` (on by default)
+for a spiking network. :func:`suppress` (NMS) then keeps the best-scoring window of every group
+that overlaps by more than ``nms_iou`` (0.2 by default), and :func:`box_vote` (on by default)
 refines each kept window: its box becomes the score-weighted mean of the windows it suppressed
-(and itself); it keeps its own score, and boxes whose scores tie (a spiking network's rates
-saturate: many windows around a digit may score exactly 1) are ranked by the mean score of
-their group. The best window on a grid is often a few pixels off the digit; voting centres it —
-for the spiking detector it is worth ~20 AP points on the validation scenes, where these
-settings were chosen (docs/results.md).
+(and itself), and NMS runs again over the voted boxes. A box keeps its own score; boxes whose
+scores tie (a spiking network's rates saturate: many windows around a digit may score exactly
+1) are ranked by the mean score of their group. The best window on a grid is often a few
+pixels off the digit; voting centres it — for the spiking detector it is worth ~20 AP points
+on the validation scenes, where these settings were chosen (docs/results.md).
 
 Two ways to run the windows (``windows``): ``"each"`` as above (the reference), or ``"shared"``
 for a network with unpadded convolutions: the image is rescaled once per window side so that
@@ -51,8 +51,8 @@ from stbp.loss import firing_rate
 if TYPE_CHECKING:
     from stbp.runs import Trained
 
-__all__ = ["window_grid", "nms", "box_vote", "match", "average_precision", "Detector", "Detection",
-           "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE",
+__all__ = ["window_grid", "nms", "suppress", "box_vote", "match", "average_precision", "Detector",
+           "Detection", "write_detections", "evaluate_scenes", "DEFAULT_SCALES", "DEFAULT_STRIDE",
            "DEFAULT_NMS_IOU"]
 
 DEFAULT_SCALES: tuple[int, ...] = SceneSpec().window_scales
@@ -90,48 +90,59 @@ def window_grid(height: int, width: int, scales: tuple[int, ...] | list[int], st
     return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression: indices of the kept boxes, best score first (ties: the
-    lower index first); a box is dropped if its IoU with a kept box exceeds ``iou``."""
+def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy non-maximum suppression: (the indices of the kept boxes, best score first — ties:
+    the lower index first —, and for every box the index of the kept box that suppressed it,
+    its own for a kept box). A box is dropped if its IoU with a kept box exceeds ``iou``; it
+    belongs to the first (best) kept box that drops it."""
     boxes = np.asarray(boxes).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(boxes) != len(scores):
         raise StbpError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
     order = np.lexsort((np.arange(len(scores)), -scores))
     keep: list[int] = []
-    suppressed = np.zeros(len(scores), bool)
+    owner = np.full(len(scores), -1, dtype=np.int64)
     for i in order:  # the overlaps of each kept box only: O(kept x boxes), not boxes^2
-        if suppressed[i]:
+        if owner[i] >= 0:
             continue
         keep.append(int(i))
-        suppressed |= box_iou(boxes[i], boxes)[0] > iou
-    return np.asarray(keep, dtype=np.int64)
+        owner[(owner < 0) & (box_iou(boxes[i], boxes)[0] > iou)] = i
+        owner[i] = i
+    return np.asarray(keep, dtype=np.int64), owner
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the kept boxes, best score first (ties: the
+    lower index first); a box is dropped if its IoU with a kept box exceeds ``iou``."""
+    return suppress(boxes, scores, iou)[0]
 
 
 def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
-             iou: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Refine the boxes ``keep`` that :func:`nms` kept: each becomes the score-weighted mean of
-    the boxes overlapping it by more than ``iou`` (itself included; rounded to pixels), and
-    keeps its own score. Returns (boxes ``[K, 4]`` int64, scores ``[K]``, support ``[K]``: the
-    mean score of each group, which ranks boxes whose scores tie — a spiking network's rates
-    saturate, so many windows may score exactly 1 — the better-supported first)."""
+             owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine the boxes ``keep`` that :func:`suppress` kept: each becomes the score-weighted
+    mean of the boxes it suppressed (``owner`` says which; itself included; rounded to pixels),
+    and keeps its own score. Only its own group counts, so a box is not pulled towards a
+    neighbouring object's windows. Returns (boxes ``[K, 4]`` int64, scores ``[K]``, support
+    ``[K]``: the mean score of each group, which ranks boxes whose scores tie — a spiking
+    network's rates saturate, so many windows may score exactly 1 — the better-supported first).
+    Negative scores weigh nothing."""
     boxes = np.asarray(boxes).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     keep = np.asarray(keep, dtype=np.int64).reshape(-1)
     if not len(keep):
         return np.zeros((0, 4), np.int64), np.zeros(0), np.zeros(0)
-    overlaps = box_iou(boxes[keep], boxes)
+    owner = np.asarray(owner, dtype=np.int64).reshape(-1)
     out_boxes, support = [], []
-    for row, k in enumerate(keep):
-        members = overlaps[row] > iou
+    for k in keep:
+        members = owner == k
         members[k] = True
-        w = scores[members]
+        w = np.clip(scores[members], 0, None)
         if w.sum() > 0:
             box = (boxes[members] * w[:, None]).sum(axis=0) / w.sum()
         else:
             box = boxes[k]
         out_boxes.append(np.rint(box).astype(np.int64))
-        support.append(w.mean())
+        support.append(scores[members].mean())
     return np.stack(out_boxes), scores[keep], np.asarray(support)
 
 
@@ -369,11 +380,11 @@ class Detector:
         (``vote``, default: the detector's setting) and NMS again over the voted boxes (no two
         overlap by more than ``nms_iou``), then ``score >= min_score``, best first (equal scores:
         the better-supported first)."""
-        keep = nms(boxes, scores, nms_iou)
+        keep, owner = suppress(boxes, scores, nms_iou)
         labels = labels[keep]
         voted = self.vote if vote is None else vote
         if voted:
-            boxes, scores, support = box_vote(boxes, scores, keep, nms_iou)
+            boxes, scores, support = box_vote(boxes, scores, keep, owner)
         else:
             boxes, scores, support = boxes[keep], scores[keep], scores[keep]
         order = np.lexsort((np.arange(len(scores)), -support, -scores))
