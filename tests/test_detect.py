@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stbp.boxes import average_precision, box_vote, nms, suppress
 from stbp.cli import main
 from stbp.config import load_config
 from stbp.data.scenes import box_iou, write_benchmark
-from stbp.detect import Detector, average_precision, box_vote, evaluate_scenes, nms, suppress, window_grid
+from stbp.detect import Detector, evaluate_scenes, window_grid
 from stbp.errors import StbpError
 from stbp.train import train
 

@@ -135,13 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--readout", default="rate", choices=["rate", "current"],
                    help="a window's score from the output layer's firing rates (default) or its "
                    "mean input current (graded where rates tie)")
-    d.add_argument("--min-score", type=float, default=0.5, help="keep boxes scoring at least this")
+    d.add_argument("--min-score", type=float, default=0.5,
+                   help="keep boxes scoring at least this (default %(default)g)")
     d.add_argument("--nms-iou", type=float, default=_detect_default("DEFAULT_NMS_IOU"),
                    help="drop a box overlapping a better one by more than this IoU (default %(default)g)")
     d.add_argument("--no-vote", action="store_true",
                    help="plain NMS: keep each best window as it is (default: box voting, see "
-                   "stbp.detect.box_vote)")
-    d.add_argument("--background", default="background", help="the run's background class name")
+                   "stbp.boxes.box_vote)")
+    d.add_argument("--background", default="background",
+                   help="the run's background class name (default %(default)s)")
     d.add_argument("--limit", type=int, help="with --scenes: only the first N scenes")
     return p
 
@@ -306,7 +308,7 @@ def _pretrained(args: argparse.Namespace) -> int:
         print(f"no trained model is shipped in {pretrained.directory()}")
         return 0
     for name in available:
-        print(pretrained.summary_line(name))
+        print(pretrained.summary_line(name, width=max(map(len, available))))
     print("\n`stbp pretrained NAME` prints a model's card; use one with --pretrained NAME in "
           "`stbp eval`, `plot`, `export`, `detect`")
     return 0
@@ -318,8 +320,9 @@ def _presets(args: argparse.Namespace) -> int:
     if args.name:
         print(preset_path(args.name).read_text(), end="")
         return 0
-    for name in preset_names():
-        print(f"{name:12s}  {preset_description(name)}")
+    names = preset_names()
+    for name in names:
+        print(f"{name:{max(map(len, names))}s}  {preset_description(name)}")
     print("\n`stbp presets NAME > my.toml` prints one to edit; train it with --config my.toml")
     return 0
 
@@ -394,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     except StbpError as err:
         print(f"stbp: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (`stbp ... | head`): not an error
+        _quiet_stdout()
+        return 0
     except OSError as err:  # the file system: a read-only folder, a full disk, ...
         where = f"{err.filename}: " if err.filename else ""
         print(f"stbp: error: {where}{err.strerror or err}", file=sys.stderr)
@@ -407,6 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stbp: interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -248,8 +248,8 @@ def _plot_limit(saved: int | None, given: int | None) -> tuple[int, str]:
 
     limit, rule = limit_rule(given, saved)
     if given is None and (limit is None or limit > PLOT_SAMPLES):
-        return PLOT_SAMPLES, (f"the first {PLOT_SAMPLES} test samples ({rule}; at most "
-                              f"{PLOT_SAMPLES} for the figures)")
+        return PLOT_SAMPLES, (f"the first {PLOT_SAMPLES} test samples (the figures use at most "
+                              f"{PLOT_SAMPLES}; pass --limit-eval N to change)")
     return limit, rule
 
 
@@ -322,15 +322,14 @@ def plot_trained(
 ) -> dict[str, Any]:
     """:func:`plot_run` of a :class:`~stbp.runs.Trained` network (a run's, or a shipped model's,
     whose per-epoch ``history`` its card holds) into the folder ``out``."""
-    from stbp.data.splits import load_splits
     from stbp.loss import predict
-    from stbp.runs import eval_options, evaluate
+    from stbp.runs import eval_options, evaluate, trained_splits
     from stbp.stats import FiringMonitor, trace
 
     _check_plot_options(sample, limit_eval)
     model, cfg, ckpt, name = trained.model, trained.cfg, trained.ckpt, trained.name
     limit_eval, rule = _plot_limit(trained.limit_eval, limit_eval)
-    test = load_splits(cfg, trained.data_dir)[0]["test"]
+    test = trained_splits(trained)["test"]
     if sample >= len(test):
         raise StbpError(f"--sample {sample}: the test split has {len(test)} samples")
     out = Path(out)

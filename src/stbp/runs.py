@@ -311,6 +311,20 @@ def eval_run(
     return eval_trained(open_run(run_dir, checkpoint, data_dir), limit_eval=limit_eval)
 
 
+def trained_splits(trained: Trained) -> dict[str, Split]:
+    """The train/val/test splits a :class:`Trained` network is evaluated on (its ``data_dir``,
+    else the usual lookup); a missing image folder is named as the network's own data."""
+    try:
+        return load_splits(trained.cfg, trained.data_dir)[0]
+    except StbpError as err:
+        data = trained.cfg["data"]
+        if data["dataset"] != "folder" or trained.data_dir is not None:
+            raise
+        raise StbpError(f"{err}; {trained.source} was trained on the image folder {data['path']!r} "
+                        "(its config's [data] path, relative to where you run this): make it as it "
+                        "was made (the model card's or run's command) or give --data-dir FOLDER") from None
+
+
 def eval_trained(trained: Trained, *, limit_eval: int | None = None) -> dict[str, Any]:
     """:func:`eval_run` of a :class:`Trained` network (a run's, or a shipped model's)."""
     from stbp.stats import FiringMonitor
@@ -320,7 +334,7 @@ def eval_trained(trained: Trained, *, limit_eval: int | None = None) -> dict[str
     model, cfg, ckpt = trained.model, trained.cfg, trained.ckpt
     budget.check(cfg, train=False)
     limit_eval, rule = limit_rule(limit_eval, trained.limit_eval)
-    data, _ = load_splits(cfg, trained.data_dir)
+    data = trained_splits(trained)
     steps, seed = cfg["encoding"]["steps"], cfg["train"]["seed"]
     ev = eval_options(cfg)
     val, test = data["val"].subset(limit_eval), data["test"].subset(limit_eval)

@@ -364,7 +364,10 @@ def load_scenes(folder: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StbpError(f"scene folder {folder}: no boxes.json (write one with `stbp scenes`)") from None
+        splits = sorted(p.parent.name for p in folder.glob("*/boxes.json")) if folder.is_dir() else []
+        hint = (f"; it holds the split folders {', '.join(splits)}: give one, e.g. {folder / splits[-1]}"
+                if splits else " (write one with `stbp scenes`)")
+        raise StbpError(f"scene folder {folder}: no boxes.json{hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StbpError(f"{path}: unreadable ({err})") from None
     scenes = data.get("scenes") if isinstance(data, dict) else None

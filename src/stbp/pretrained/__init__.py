@@ -146,22 +146,22 @@ def test_accuracy(name: str, *, limit: int | None = None, data_dir: str | os.Pat
     (default: all of them) and their number, with the test spike trains the trainer and ``stbp
     eval`` draw (seed ``EVAL_SEED``, the run's seed + 1). Needs the dataset (``data_dir``, else the
     usual lookup)."""
-    from stbp.data.splits import load_splits
-    from stbp.runs import eval_options, evaluate
+    from stbp.runs import eval_options, evaluate, trained_splits
 
     t = trained(name, data_dir=data_dir, folder=folder)
     cfg = t.cfg
-    test = load_splits(cfg, t.data_dir)[0]["test"].subset(limit)
+    test = trained_splits(t)["test"].subset(limit)
     acc = evaluate(t.model, test, cfg["encoding"]["steps"], seed=cfg["train"]["seed"] + 1,
                    **eval_options(cfg))
     return acc, len(test)
 
 
-def summary_line(name: str, folder: str | os.PathLike | None = None) -> str:
-    """One line: name, dataset, validation-selected test accuracy, epochs, seed, network."""
+def summary_line(name: str, folder: str | os.PathLike | None = None, width: int = 14) -> str:
+    """One line: name (padded to ``width``), dataset, validation-selected test accuracy, epochs,
+    seed, network."""
     c = card(name, folder)
     acc = f"{c['test_acc']:.2f} %" if isinstance(c["test_acc"], (int, float)) else "?"
-    return (f"{name:12s}  {c['dataset']:7s}  test {acc:>8s}  {c['epochs']:>3} epochs  seed {c['seed']}"
+    return (f"{name:{width}s}  {c['dataset']:7s}  test {acc:>8s}  {c['epochs']:>3} epochs  seed {c['seed']}"
             f"  {c['model']}")
 
 
