@@ -328,6 +328,9 @@ def test_every_shipped_model_loads_and_matches_its_card():
         assert card["history"] and card["history"][card["best_epoch"] - 1]["val_acc"] == card["val_acc"]
         path = ckpt["config"]["data"].get("path")
         assert path is None or not Path(path).is_absolute(), f"{name}: a machine-local data path"
+        if ckpt["config"]["data"]["dataset"] == "folder":  # the detectors' windows: the folder's
+            # own train/val/test, so the card must not claim [data] validation/test shares applied
+            assert "the folder's own train/, val/ and test/" in card["splits"]["how"], name
 
 
 def test_shipped_mnist_models_reach_their_cards_accuracy(mnist_dir):

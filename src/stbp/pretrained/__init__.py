@@ -208,11 +208,34 @@ def _portable(cfg: dict[str, Any], data_path: str | None) -> dict[str, Any]:
     return {**cfg, "data": {**data, "path": data_path}}
 
 
-def _splits(summary: dict[str, Any], cfg: dict[str, Any], limits: Any) -> dict[str, Any]:
+def _folder_splits(cfg: dict[str, Any]) -> set[str] | None:
+    """The split folders (train/val/test) of the image folder a run trained on, read where it
+    trained (``None``: not a folder dataset, or the folder is gone)."""
+    data = cfg["data"]
+    if data["dataset"] != "folder" or not data.get("path"):
+        return None
+    from stbp.data.folder import folder_layout
+
+    try:
+        return set(folder_layout(data["path"]))
+    except StbpError:
+        return None
+
+
+def _splits(summary: dict[str, Any], cfg: dict[str, Any], limits: Any,
+            layout: set[str] | None = None) -> dict[str, Any]:
     data = ", ".join(f"{k} = {v!r}" for k, v in cfg["data"].items() if k != "classes")
-    how = (f"[data] {data}: the validation split is held out of the training set as [data] "
-           "validation says, the test split is the dataset's own (a folder's test/ or its [data] "
-           "test share)")
+    if layout is not None and {"train", "val", "test"} <= layout:
+        source = ("the folder's own train/, val/ and test/ splits ([data] validation, test and "
+                  "split_seed do not apply)")
+    elif layout is not None and {"train", "test"} <= layout:
+        source = ("the folder's own train/ and test/; the validation split is held out of train/ "
+                  "as [data] validation says")
+    else:
+        source = ("the validation split is held out of the training set as [data] validation "
+                  "says, the test split is the dataset's own (a folder's test/ or its [data] test "
+                  "share)")
+    how = f"[data] {data}: {source}"
     for key, what in (("limit_train", "training"), ("limit_eval", "validation and test")):
         n = limits.get(key) if isinstance(limits, dict) else None
         if n:
@@ -262,8 +285,8 @@ def ship(run_dir: str | os.PathLike, name: str, *, command: str, commit: str, ma
 
     torch.save(shipped, buf)
     data = buf.getvalue()
-    info = _card(run_dir, name, summary, shipped, command=command, commit=commit,
-                 machine=machine, notes=notes, sha256=_sha256(data))
+    info = _card(run_dir, name, summary, shipped, _folder_splits(run.cfg), command=command,
+                 commit=commit, machine=machine, notes=notes, sha256=_sha256(data))
     atomic_write(out / f"{name}.pt", data)
     atomic_write(out / f"{name}.json", json.dumps(info, indent=2, allow_nan=False) + "\n")
     back = trained(name, folder=out)  # read back as a user will: same weights
@@ -273,7 +296,7 @@ def ship(run_dir: str | os.PathLike, name: str, *, command: str, commit: str, ma
 
 
 def _card(run_dir: Path, name: str, summary: dict[str, Any], shipped: dict[str, Any],
-          **given: str) -> dict[str, Any]:
+          layout: set[str] | None, **given: str) -> dict[str, Any]:
     from stbp.plots import read_history
 
     cfg = shipped["config"]
@@ -284,7 +307,7 @@ def _card(run_dir: Path, name: str, summary: dict[str, Any], shipped: dict[str, 
         "name": name,
         "dataset": cfg["data"]["dataset"],
         "model": _describe(cfg),
-        "splits": _splits(summary, cfg, shipped["limits"]),
+        "splits": _splits(summary, cfg, shipped["limits"], layout),
         "command": given["command"],
         "seed": summary.get("seed", cfg["train"]["seed"]),
         "commit": given["commit"],
