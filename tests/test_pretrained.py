@@ -306,6 +306,13 @@ def test_detect_with_a_shipped_detector(detector_shipped, tmp_path, monkeypatch,
         assert main(["eval", *source]) == 0
         got.append({k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "checkpoint"})
     assert got[0] == got[1] and got[0]["val_size"] > 0
+    # from anywhere else the windows are missing: one error naming them as the model's own data
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--pretrained", "detect-cnn"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset folder bench/windows: no such directory" in err
+    assert "--pretrained detect-cnn was trained on the image folder 'bench/windows'" in err
+    assert "--data-dir" in err
 
 
 # -- the models the package really ships --------------------------------------------------------

@@ -122,6 +122,15 @@ def test_load_scenes_bad_ground_truth(tmp_path, text, message):
         load_scenes(tmp_path)
 
 
+def test_load_scenes_names_the_split_folders_of_a_parent(tmp_path):
+    """`--scenes bench/scenes` (the parent of the splits): the error names the split folders."""
+    for split in ("test", "val"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "boxes.json").write_text('{"scenes": []}')
+    with pytest.raises(StbpError, match=r"no boxes.json; it holds the split folders test, val: give one"):
+        load_scenes(tmp_path)
+
+
 def test_bad_benchmark_settings(mnist, tmp_path):
     with pytest.raises(StbpError, match="scene count test = 0"):
         write_benchmark(tmp_path / "b", mnist, counts={"test": 0})

@@ -60,7 +60,6 @@ def box_vote(boxes: np.ndarray, scores: np.ndarray, keep: np.ndarray,
     out_boxes, support = [], []
     for k in keep:
         members = owner == k
-        members[k] = True
         w = np.clip(scores[members], 0, None)
         if w.sum() > 0:
             box = (boxes[members] * w[:, None]).sum(axis=0) / w.sum()
