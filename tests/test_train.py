@@ -93,6 +93,7 @@ def test_ema_is_what_is_evaluated_and_saved(mnist_dir, tmp_path, capsys):
     summary = train(_cfg(epochs=2, ema=0.95), out, data_dir=mnist_dir, limit_train=600,
                     limit_eval=300, progress=False)
     last = torch.load(out / "last.pt", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["fused"] is True  # Adam's fused kernel
     avg, trained = last["model"], last["trained"]
     assert set(avg) == set(trained)
     assert any(not torch.allclose(avg[k], trained[k]) for k in avg), "the average is not the weights"

@@ -7,8 +7,10 @@ x^t = W o^t + b needs no multiplications: each row's current is b plus the sum o
 columns of the inputs that spiked (:mod:`stbp.kernels.sparse_linear`,
 :mod:`stbp.kernels.sparse_conv`). :func:`linear` and :func:`conv2d` return ``None`` when that
 does not apply or is not worth it — numba missing, not on the CPU, a dtype the kernels do not
-take, or more than ``tuning.max_density`` of the inputs nonzero — and the caller
-(:mod:`stbp.functional.synapse`) runs the dense matmul/convolution instead.
+take, or more of the inputs nonzero than ``tuning.max_density`` (for a fully connected layer
+whose dense matmul runs in bfloat16 under ``torch.autocast``, :func:`compute_dtype`, the
+lower ``tuning.density_limit``) — and the caller (:mod:`stbp.functional.synapse`) runs the dense
+matmul/convolution instead.
 
 Gradients: to the weight and bias (summed the same way over the kept spikes), and, for
 :class:`Spikes` that carry an origin, to that origin: a fully connected layer hands back its
@@ -28,7 +30,7 @@ from stbp.functional.spikes import DenseTerm, GradTerm, Spikes
 from stbp.kernels import dense_rows, pack, sparse_conv, sparse_linear
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning
 
-__all__ = ["linear", "conv2d", "usable", "as_spikes", "LinearTerm"]
+__all__ = ["linear", "conv2d", "usable", "as_spikes", "compute_dtype", "LinearTerm"]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float64)
 
@@ -43,6 +45,15 @@ def usable(x: Tensor | Spikes, weight: Tensor) -> bool:
     if isinstance(x, Spikes):
         return x.dtype == weight.dtype
     return x.dtype in (torch.uint8, torch.bool, weight.dtype)
+
+
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype a dense matmul/convolution with ``weight`` runs in: the autocast dtype inside
+    ``torch.autocast`` on the weight's device (for a float32 weight), else the weight's."""
+    kind = weight.device.type
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
 
 
 def as_spikes(x: Tensor | Spikes, dtype: torch.dtype) -> Spikes | None:
@@ -166,8 +177,8 @@ def _tracks(spikes: Spikes, weight: Tensor, bias: Tensor | None) -> bool:
 def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
            tuning: Tuning = TUNING) -> Tensor | None:
     """E1 for spikes held as bytes ``x [..., in]`` by summing weight columns; ``None`` when the
-    event-driven path does not apply (:func:`usable`) or more than ``tuning.max_density`` of
-    the inputs are nonzero (the caller then runs the dense matmul).
+    event-driven path does not apply (:func:`usable`) or more of the inputs are nonzero than
+    ``tuning.density_limit`` allows (the caller then runs the dense matmul).
 
     The result has the weight's dtype, also under ``torch.autocast`` (the sums are exact in
     it). Gradients flow to ``weight`` and ``bias``, and for :class:`Spikes` with an origin, to
@@ -185,7 +196,8 @@ def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
         return None
     rows = sparse_linear.byte_rows(spikes.codes)
     counts = sparse_linear.nonzero_counts(rows)
-    if counts.sum() > tuning.max_density * rows.size:
+    limit = tuning.density_limit(compute_dtype(weight), weight.shape[0])
+    if counts.sum() > limit * rows.size:
         return None
     source = _source(x, spikes) if torch.is_grad_enabled() else None
     if source is not None or _tracks(spikes, weight, bias):
@@ -210,6 +222,7 @@ class _EventConv2d(torch.autograd.Function):
         ctx.steps, ctx.tuning, ctx.origin = steps, tuning, spikes.origin
         ctx.in_shape = spikes.shape if source is not None and spikes.origin is None else None
         ctx.in_dtype = spikes.dtype
+        ctx.compute = compute_dtype(weight)  # the backward runs outside autocast
         ctx.save_for_backward(images, weight)
         return sparse_conv.forward(images, weight, bias, padding, spikes.divisor, steps)
 
@@ -226,9 +239,20 @@ class _EventConv2d(torch.autograd.Function):
         elif want_b:
             grad_b = g.sum((0, 2, 3))
         if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution, dense
-            grad_o = torch.nn.grad.conv2d_input(images.shape, weight, g, 1, ctx.padding)
+            grad_o = _conv_input_grad(images.shape, weight, g, ctx.padding, ctx.compute)
             grad_src = _input_gradient(ctx, DenseTerm(grad_o))
         return grad_src, grad_w, grad_b, None, None, None, None, None
+
+
+def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
+                     dtype: torch.dtype) -> Tensor:
+    """The transposed convolution of the error ``g``: in ``dtype`` (bfloat16 under autocast,
+    channels-last, where oneDNN runs it ~3x faster than in float32), else in the weight's."""
+    if dtype == weight.dtype:
+        return torch.nn.grad.conv2d_input(shape, weight, g, 1, padding)
+    cl = torch.channels_last
+    return torch.nn.grad.conv2d_input(shape, weight.to(dtype, memory_format=cl),
+                                      g.to(dtype, memory_format=cl), 1, padding)
 
 
 def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
@@ -264,7 +288,7 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
         return None
     rows = sparse_conv.byte_images(images).reshape(images.shape[0], -1)
     counts = sparse_linear.nonzero_counts(rows)
-    if counts.sum() > tuning.max_density * rows.size:
+    if counts.sum() > tuning.max_density * rows.size:  # bfloat16 convolutions gain less
         return None
     if steps < 2 or images.shape[0] % steps or sparse_linear.change_counts(
             rows, torch.Size((steps, images.shape[0] // steps, rows.shape[1])), counts,

@@ -186,9 +186,10 @@ def is_byte_spikes(x: Tensor) -> bool:
 
 
 def _as_float(x: Tensor, weight: Tensor) -> Tensor:
-    """Byte spikes become the weight's dtype for the matmul (a temporary; they are saved as
-    bytes); any other input is used as it is."""
-    return x.to(weight.dtype) if is_byte_spikes(x) else x
+    """Byte spikes become the dtype the matmul runs in (the weight's, or bfloat16 under
+    autocast — exact for spikes; a temporary, they are saved as bytes); any other input is
+    used as it is."""
+    return x.to(_events.compute_dtype(weight)) if is_byte_spikes(x) else x
 
 
 def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, tuning: Tuning) -> Tensor:
@@ -200,11 +201,11 @@ def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, tuning: Tuni
     step = _rows(rows.shape[1], tuning)
     if rows.shape[0] <= step:
         return F.linear(_as_float(x, weight), weight, bias)
-    first = F.linear(rows[:step].to(weight.dtype), weight, bias)
+    first = F.linear(_as_float(rows[:step], weight), weight, bias)
     out = torch.empty((rows.shape[0], first.shape[1]), dtype=first.dtype, device=first.device)
     out[:step] = first
     for lo in range(step, rows.shape[0], step):
-        out[lo:lo + step] = F.linear(rows[lo:lo + step].to(weight.dtype), weight, bias)
+        out[lo:lo + step] = F.linear(_as_float(rows[lo:lo + step], weight), weight, bias)
     return out.reshape(*x.shape[:-1], first.shape[1])
 
 

@@ -66,6 +66,19 @@ class Tuning:
             MLP step ran as fast event-driven as dense for byte input (63.6 vs 64.2 ms) and
             1.4x faster for float input (65.6 vs 93.6 ms; `peers.py --input dense`, 2 threads,
             docs/performance.md), hence 0.35.
+        max_density_bf16: the same limit for a fully connected layer whose dense matmul runs
+            in bfloat16 (under ``torch.autocast(dtype=torch.bfloat16)`` on the CPU, ``[train]
+            precision = "bf16"``): spikes are exact in bfloat16 and oneDNN's bfloat16 matmul
+            runs ~2.7x the float32 one on AVX-512-bf16 cores, so the dense path wins from a
+            lower density: 22 % (MLP step with random spikes, 2 threads: events 39.4 vs dense
+            bf16 39.2 ms at 22 %, 48.0 vs 43.8 at 30 %, 26.7 vs 37.3 at 13 %; docs/performance.md,
+            "bf16"). Convolutions keep ``max_density``:
+            the paper's first convolution (one input channel) ran 4x slower dense in bfloat16
+            than event-driven.
+        min_fan_out_bf16: ``max_density_bf16`` applies to layers of at least this many
+            outputs; a layer with fewer is bound by reading its input, not by arithmetic, and
+            keeps ``max_density`` (the MLP's 800-10 readout: the bfloat16 path cost the
+            conversions and saved nothing).
         changes_ratio: the sums run over the changes of each sample's spike trains along time
             when those number fewer than this fraction of the spikes.
         cache_bytes: the part of the error a weight-gradient chunk reads (under one core's L2).
@@ -86,6 +99,8 @@ class Tuning:
     """
 
     max_density: float = 0.35
+    max_density_bf16: float = 0.22
+    min_fan_out_bf16: int = 64
     changes_ratio: float = 0.75
     cache_bytes: int = 768 << 10
     private_bytes: int = 256 << 10
@@ -96,6 +111,15 @@ class Tuning:
     dense_min_rows: int = 1024
     conv_chunk: int = 1 << 22
 
+    def density_limit(self, dtype: torch.dtype, fan_out: int) -> float:
+        """The fraction of nonzero inputs above which a fully connected layer of ``fan_out``
+        outputs whose dense matmul runs in ``dtype`` takes that matmul instead of the event
+        sums."""
+        if dtype == torch.bfloat16 and fan_out >= self.min_fan_out_bf16:
+            return self.max_density_bf16
+        return self.max_density
+
 
 #: the values the library runs with
 TUNING = Tuning()
+
