@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> None:
             for precision in ("fp32", "bf16"):
                 rows.append(run(net, seed, precision, data, args))
                 r = rows[-1]
+                dense = (f"; input denser than max_density_bf16 in {r['input_denser_than_bf16_limit']}"
+                         f" of {r['steps']} steps" if net == "mlp-dense" else "")
                 print(f"{net} seed {seed} {precision}: val {r['val_acc']:.2f} %, "
-                      f"{r['train_seconds']:.0f} s; input denser than max_density_bf16 in "
-                      f"{r['input_denser_than_bf16_limit']} of {r['steps']} steps", flush=True)
+                      f"{r['train_seconds']:.0f} s{dense}", flush=True)
     print(f"\n{args.epochs} epoch(s) on {args.train} images, T = {args.steps}, {args.threads} threads\n")
     print("| network | precision | val accuracy per seed | mean ± std | training s (median) |")
     print("|---|---|---|---|---|")

@@ -59,7 +59,7 @@ def tiny_runs(tmp_path_factory):
                                               "train.epochs=2"])
     # small enough to train in seconds; V_th 0.25 and h2 so that its output layer fires
     cnn = load_config("mnist-cnn", overrides=["model.channels=[6, 12]", "model.hidden=[64]",
-                                              "train.epochs=1", "encoding.steps=8",
+                                              "train.epochs=1", "encoding.steps=8", "data.shift=0",
                                               "neuron.threshold=0.25", "neuron.surrogate=polynomial"])
     train(mlp, root / "mlp", data_dir=folder, limit_train=800, limit_eval=300, progress=False)
     train(cnn, root / "cnn", data_dir=folder, limit_train=300, limit_eval=200, progress=False)

@@ -343,9 +343,9 @@ def test_the_readme_speed_and_memory_figures_trace_to_recorded_runs():
     readme = (ROOT / "README.md").read_text()
     bullet = readme[readme.index("- **Fast and lean on a CPU**"):readme.index("- **A GPU path**")]
     ratios = set()
-    for name in re.findall(r"`(bench\d+)`", bullet):  # the runs the bullet cites
+    for name in re.findall(r"`(bench\d+(?:-[a-z]+)?)`", bullet):  # the runs the bullet cites
         rows = json.loads((ROOT / "docs" / "bench" / f"{name}.json").read_text())["rows"]
-        ours = [r for r in rows if r["case"] in ("stbp", "stbp-float32", "stbp-bool")]
+        ours = [r for r in rows if r["case"] in ("stbp", "stbp-float32", "stbp-bool", "stbp-bf16")]
         peers = [r for r in rows if not r["case"].startswith(("stbp", "floor"))]
         for a in ours:
             for b in peers:

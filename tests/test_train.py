@@ -305,3 +305,17 @@ def test_a_silent_output_neuron_is_reported(mnist_dir, tmp_path, capsys):
           progress=False)
     line = json.loads((tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()[0])
     assert line["silent_outputs"] == []
+
+
+@pytest.mark.parametrize("name,decoupled", [("adam", False), ("adamw", True), ("sgd", None)])
+def test_optimizers_are_the_fused_kernels_where_torch_has_them(name, decoupled, mnist_dir, tmp_path):
+    """[train] optimizer: Adam and AdamW run PyTorch's fused kernel (the same update up to
+    rounding); SGD its default."""
+    cfg = _cfg(epochs=1, optimizer=f"'{name}'", weight_decay=0.01)
+    train(cfg, tmp_path / name, data_dir=mnist_dir, limit_train=200, limit_eval=100, progress=False)
+    group = torch.load(tmp_path / name / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.01
+    if decoupled is None:
+        assert "betas" not in group and not group.get("fused")
+    else:
+        assert group["fused"] is True and group["decoupled_weight_decay"] is decoupled
