@@ -34,12 +34,13 @@ import subprocess
 import sys
 import time
 
-MLP_CASES = ["floor", "stbp", "stbp-float32", "stbp-bool", "stbp-bf16", "stbp-eager", "snntorch",
-             "spikingjelly", "norse"]
+MLP_CASES = ["floor", "stbp", "stbp-float32", "stbp-bool", "stbp-bf16", "stbp-bf16-bool", "stbp-eager",
+             "snntorch", "spikingjelly", "norse"]
 CNN_CASES = ["stbp", "stbp-float32", "stbp-bf16", "stbp-eager", "snntorch", "spikingjelly"]
 #: how each stbp case is given its input spikes: "stbp" as stbp's trainer does (its encoder,
-#: uint8); "stbp-float32"/"stbp-bool" as a PyTorch user writes them, torch.rand(...) < p
-USER_INPUT = {"stbp-float32": "float32", "stbp-bool": "bool"}
+#: uint8); "stbp-float32"/"stbp-bool" (and "stbp-bf16-bool", under bf16 autocast) as a PyTorch
+#: user writes them, torch.rand(...) < p
+USER_INPUT = {"stbp-float32": "float32", "stbp-bool": "bool", "stbp-bf16-bool": "bool"}
 PEERS = ("snntorch", "spikingjelly", "norse")
 BASELINE = "stbp@baseline"  # stbp imported from --baseline's source folder
 DECAY, THRESHOLD = 0.1, 0.5  # the paper's MNIST neuron (decay τ = 0.1, V_th = 0.5)
@@ -224,7 +225,7 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
         net, run = _spikingjelly(kind)
     else:
         net, run = _norse(kind)
-    bf16 = case == "stbp-bf16"
+    bf16 = case.startswith("stbp-bf16")
     net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator(device).manual_seed(0)

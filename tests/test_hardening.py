@@ -345,7 +345,7 @@ def test_the_readme_speed_and_memory_figures_trace_to_recorded_runs():
     ratios = set()
     for name in re.findall(r"`(bench\d+(?:-[a-z]+)?)`", bullet):  # the runs the bullet cites
         rows = json.loads((ROOT / "docs" / "bench" / f"{name}.json").read_text())["rows"]
-        ours = [r for r in rows if r["case"] in ("stbp", "stbp-float32", "stbp-bool", "stbp-bf16")]
+        ours = [r for r in rows if r["case"].startswith("stbp") and r["case"] != "stbp-eager"]
         peers = [r for r in rows if not r["case"].startswith(("stbp", "floor"))]
         for a in ours:
             for b in peers:
