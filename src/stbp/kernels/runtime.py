@@ -72,9 +72,8 @@ class Tuning:
             runs ~2.7x the float32 one on AVX-512-bf16 cores, so the dense path wins from a
             lower density: 22 % (MLP step with random spikes, 2 threads: events 39.4 vs dense
             bf16 39.2 ms at 22 %, 48.0 vs 43.8 at 30 %, 26.7 vs 37.3 at 13 %; docs/performance.md,
-            "bf16"). Convolutions keep ``max_density``:
-            the paper's first convolution (one input channel) ran 4x slower dense in bfloat16
-            than event-driven.
+            "bf16"). Convolutions keep ``max_density``: the paper's first convolution (one input
+            channel) ran 4x slower dense in bfloat16 than event-driven.
         min_fan_out_bf16: ``max_density_bf16`` applies to layers of at least this many
             outputs; a layer with fewer is bound by reading its input, not by arithmetic, and
             keeps ``max_density`` (the MLP's 800-10 readout: the bfloat16 path cost the
@@ -122,4 +121,3 @@ class Tuning:
 
 #: the values the library runs with
 TUNING = Tuning()
-
