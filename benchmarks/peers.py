@@ -20,6 +20,8 @@ not installed is reported as such and skipped.
                                                    # its eager path and the peers, GPU memory
     python benchmarks/peers.py --baseline ../old/src   # also stbp from another checkout's src
                                                    # ("stbp@baseline"), side by side: regressions
+    python benchmarks/peers.py --cnn --cnn-weights RUN/last.pt   # every case's CNN starts
+                                                   # from these weights (a stbp train checkpoint)
 """
 
 from __future__ import annotations
@@ -183,6 +185,32 @@ def _floor(kind: str):
 
 
 # ----------------------------------------------------------------------------- one case
+def load_weights(net, path: str) -> int:
+    """Copy the weights and biases of a ``stbp train`` checkpoint of the same network into
+    ``net`` (stbp's or a peer's), layer by layer in order; returns the checkpoint's epoch.
+    stbp's own layers hold exactly those parameters; a peer's are its Conv2d/Linear modules'."""
+    import torch
+    from torch import nn
+
+    from stbp.runs import open_checkpoint
+
+    trained = open_checkpoint(path, name="weights", source=f"--weights {path}")
+    src = list(trained.model.parameters())
+    if any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in net.modules()):  # a peer
+        dst = [t for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+               for t in (m.weight, m.bias)]
+    else:
+        dst = list(net.parameters())
+    shapes = [tuple(t.shape) for t in src]
+    if shapes != [tuple(t.shape) for t in dst]:
+        raise SystemExit(f"--weights {path}: its layers {shapes} are not this network's "
+                         f"{[tuple(t.shape) for t in dst]}")
+    with torch.no_grad():
+        for a, b in zip(dst, src, strict=True):
+            a.copy_(b)
+    return int(trained.ckpt["epoch"])
+
+
 def _images(batch: int, data_dir: str | None, device: str, gen, kind: str = "mnist"):
     """A batch of the MNIST training digits (intensities in [0, 1], a fixed random draw), or,
     with no ``data_dir``, uniform noise of MNIST's mean intensity, or (``kind`` "dense") every
@@ -205,7 +233,7 @@ def _images(batch: int, data_dir: str | None, device: str, gen, kind: str = "mni
 
 def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: int,
            threads: int, device: str = "cpu", data_dir: str | None = None,
-           malloc: str = "default", input_kind: str = "mnist") -> dict:
+           malloc: str = "default", input_kind: str = "mnist", weights: str | None = None) -> dict:
     if malloc == "heap":  # the same allocator settings for every case (stbp train's)
         from stbp.malloc import retain_freed_memory
 
@@ -226,6 +254,7 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     else:
         net, run = _norse(kind)
     bf16 = case.startswith("stbp-bf16")
+    epoch = load_weights(net, weights) if weights else None
     net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator(device).manual_seed(0)
@@ -291,7 +320,7 @@ def worker(case: str, kind: str, steps_t: int, batch: int, iters: int, warmup: i
     encode_ms = 1000 * statistics.median(encode_times)
     return {"case": case, "kind": kind, "T": steps_t, "batch": batch, "ms": ms, "encode_ms": encode_ms,
             "samples_s": batch / ms * 1000, "peak_mb": max(0.0, peak - base),
-            "threads": threads, "device": device}
+            "threads": threads, "device": device, "weights_epoch": epoch}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -312,6 +341,9 @@ def _worker(case, kind, steps_t, args, iters: int, warmup: int, env: dict) -> di
            "--threads", str(args.threads), "--device", args.device]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    weights = args.cnn_weights if kind == "cnn" else args.mlp_weights
+    if weights:
+        cmd += ["--weights", weights]
     if env.get("MALLOC_MMAP_THRESHOLD_") is None:  # timed runs only; memory runs count tensors
         cmd += ["--malloc", args.malloc]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
@@ -424,13 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", metavar="SRC",
                     help="also run the stbp case with stbp imported from this source folder (e.g. "
                     "an older checkout's src/), side by side, as the case stbp@baseline")
+    for kind in ("mlp", "cnn"):
+        ap.add_argument(f"--{kind}-weights", metavar="CKPT",
+                        help=f"start every case's {kind.upper()} from the weights of this stbp train "
+                        "checkpoint of the same network (e.g. a run's last.pt after one epoch: the "
+                        "errors of a network in training are sparser than a fresh one's, and stbp's "
+                        "convolutions sum over them) instead of a fresh initialisation")
+    ap.add_argument("--weights", help=argparse.SUPPRESS)  # a worker's, for its network
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="mlp", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.kind, args.steps_t[0], args.batch, args.iters,
                                 args.warmup, args.threads, args.device, args.data_dir,
-                                args.malloc, args.input)))
+                                args.malloc, args.input, args.weights)))
         return 0
     if args.input == "mnist":  # find (or fetch) MNIST once; the workers read that folder
         from stbp.data.mnist import locate_mnist
@@ -452,11 +491,24 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--baseline {args.baseline}: not a source folder holding the stbp package")
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
+    epochs = {}
+    for kind in ("mlp", "cnn"):
+        path = getattr(args, f"{kind}_weights")
+        if path:
+            from stbp.errors import StbpError
+            from stbp.runs import load_checkpoint
+
+            try:
+                epochs[kind] = int(load_checkpoint(path)["epoch"])
+            except StbpError as err:
+                ap.error(f"--{kind}-weights: {err}")
     print(f"machine: {machine()}; {args.threads} threads; batch {args.batch}; "
           f"median of {args.iters} steps after {args.warmup} warm-up; input: "
           + {"mnist": "MNIST training digits", "noise": "uniform noise of MNIST's mean",
              "dense": "random spikes, 30 % of the inputs"}[args.input]
           + f"; malloc: {args.malloc}"
+          + "".join(f"; {k.upper()} weights: {getattr(args, f'{k}_weights')} (epoch {e})"
+                    for k, e in epochs.items())
           + (f"; median of {args.repeat} interleaved runs per case" if args.repeat > 1 else ""))
     wanted = set(args.cases.split(",")) if args.cases else None
     all_rows = []
@@ -496,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": machine(), "input": args.input, "malloc": args.malloc,
+                       "mlp_weights": args.mlp_weights, "cnn_weights": args.cnn_weights,
                        "rows": all_rows}, fh, indent=2)
     return 0
 

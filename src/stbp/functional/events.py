@@ -239,16 +239,21 @@ class _EventConv2d(torch.autograd.Function):
         elif want_b:
             grad_b = g.sum((0, 2, 3))
         if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution, dense
-            grad_o = _conv_input_grad(images.shape, weight, g, ctx.padding, ctx.compute)
+            grad_o = _conv_input_grad(images.shape, weight, g, ctx.padding, ctx.compute, ctx.tuning)
             grad_src = _input_gradient(ctx, DenseTerm(grad_o))
         return grad_src, grad_w, grad_b, None, None, None, None, None
 
 
 def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
-                     dtype: torch.dtype) -> Tensor:
-    """The transposed convolution of the error ``g`` ``[N, C, H, W]``, in the weight's dtype;
-    for ``dtype`` bfloat16 (under autocast) run in bfloat16 channels-last, where oneDNN is ~3x
-    faster, and handed back as a contiguous tensor of the weight's dtype."""
+                     dtype: torch.dtype, tuning: Tuning) -> Tensor:
+    """The transposed convolution of the error ``g`` ``[N, C, H, W]``, in the weight's dtype:
+    summed over the nonzero values of ``g`` where they are few enough
+    (``tuning.grad_density_limit``; the error is zero wherever the surrogate of the neurons the
+    convolution feeds is zero), else dense — for ``dtype`` bfloat16 (under autocast) in
+    bfloat16 channels-last, where oneDNN is ~3x faster, handed back as a contiguous tensor of
+    the weight's dtype."""
+    if sparse_conv.nonzero_fraction(g) <= tuning.grad_density_limit(dtype):
+        return sparse_conv.input_grad(g, weight, shape, padding)
     if dtype == weight.dtype:
         return torch.nn.grad.conv2d_input(shape, weight, g, 1, padding)
     n, c, h, w = g.shape

@@ -78,6 +78,15 @@ class Tuning:
             outputs; a layer with fewer is bound by reading its input, not by arithmetic, and
             keeps ``max_density`` (the MLP's 800-10 readout: the bfloat16 path cost the
             conversions and saved nothing).
+        max_grad_density: above this fraction of nonzero values in a convolution's error
+            (∂L/∂ of its output: zero wherever the surrogate of the neurons it feeds is zero) its
+            gradient on its input runs as the dense transposed convolution instead of summed
+            over the nonzero values (:func:`stbp.kernels.sparse_conv.input_grad`). The CNN's
+            second convolution, 2 threads: 127 vs 164 ms dense at 34 % (a fresh network), 17
+            vs 164 ms at 3 % (the trained one); on synthetic errors 125 vs 155 ms at 39 %,
+            175 vs 162 ms at 55 % (docs/performance.md), hence 0.45.
+        max_grad_density_bf16: the same when the dense one runs in bfloat16 (under
+            ``torch.autocast``; ~95 ms there at any density): 89 vs 96 ms at 25 %, hence 0.2.
         changes_ratio: the sums run over the changes of each sample's spike trains along time
             when those number fewer than this fraction of the spikes.
         cache_bytes: the part of the error a weight-gradient chunk reads (under one core's L2).
@@ -100,6 +109,8 @@ class Tuning:
     max_density: float = 0.35
     max_density_bf16: float = 0.22
     min_fan_out_bf16: int = 64
+    max_grad_density: float = 0.45
+    max_grad_density_bf16: float = 0.2
     changes_ratio: float = 0.75
     cache_bytes: int = 768 << 10
     private_bytes: int = 256 << 10
@@ -117,6 +128,11 @@ class Tuning:
         if dtype == torch.bfloat16 and fan_out >= self.min_fan_out_bf16:
             return self.max_density_bf16
         return self.max_density
+
+    def grad_density_limit(self, dtype: torch.dtype) -> float:
+        """The fraction of nonzero values in a convolution's error above which its gradient
+        on its input runs as the dense transposed convolution in ``dtype``."""
+        return self.max_grad_density_bf16 if dtype == torch.bfloat16 else self.max_grad_density
 
 
 #: the values the library runs with

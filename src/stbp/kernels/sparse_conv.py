@@ -1,12 +1,19 @@
 """Event-driven convolution (E1, E8; stride 1) over inputs held as bytes: the kernels.
 
-Each nonzero input (ci, yi, xi) adds its value times W[:, ci, ky, kx] — all output channels, a
-channel-last vector padded to whole 64-byte registers — at output (yi + pad − ky, xi + pad − kx),
-accumulated in a per-image buffer. The weight gradient (E8) is the same sum seen from the
-other side, in a fixed number of private parts (the sum does not depend on the thread count).
-With ``steps`` = T the images are T steps of B samples (image t·B + b) and each sample's sums
-run on over time, adding only the changes x^t − x^{t−1} (as :mod:`stbp.kernels.sparse_linear`
-does). :mod:`stbp.functional.events` decides when to use these.
+Each nonzero input (ci, yi, xi) adds its value times W[:, ci, ky, kx] — all output channels —
+at output (yi + pad − ky, xi + pad − kx), accumulated channel-last in a per-image buffer. Along
+a kernel row the outputs one input reaches are neighbours, so with the taps stored in reverse
+order (:func:`reversed_taps`) each (input, kernel row) is one contiguous run of up to K·Cout
+multiply-adds, which the compiler vectorises (up to 1.6× faster than a short loop per tap). The
+weight gradient (E8) is the same sum seen from the other side, in a fixed number of private
+parts (the sum does not depend on the thread count). With ``steps`` = T the images are T steps
+of B samples (image t·B + b) and each sample's sums run on over time, adding only the changes
+x^t − x^{t−1} (as :mod:`stbp.kernels.sparse_linear` does).
+
+The gradient on the input (:func:`input_grad`) is summed over the nonzero values of the error
+instead: the error of a layer of neurons is zero wherever their surrogate is (most of them, in
+a network in training), and each nonzero value adds W[co, :, ky, kx] over the input channels.
+:mod:`stbp.functional.events` decides when to use these.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from torch import Tensor
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning, nb, threads
 from stbp.kernels.sparse_linear import input_value
 
-__all__ = ["forward", "weight_grad", "byte_images", "vectors"]
+__all__ = ["forward", "weight_grad", "input_grad", "nonzero_fraction", "byte_images", "reversed_taps"]
 
 if HAVE_NUMBA:
 
@@ -29,24 +36,25 @@ if HAVE_NUMBA:
         return max(0, i + pad - size + 1), min(k, i + pad + 1)
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def _conv_forward(x, wt, base, pad, steps, out):  # pragma: no cover - compiled
+    def _conv_forward(x, wr, base, pad, steps, out):  # pragma: no cover - compiled
         # out[n] = base + conv(x[n], W) with stride 1: each nonzero input (ci, yi, xi) adds
-        # v · W[:, ci, ky, kx] (wt[ci, ky, kx]: all output channels, padded to whole vectors)
-        # at output (yi + pad − ky, xi + pad − kx), accumulated channel-last in a per-image
-        # buffer so that each addition is a few full vectors over the output channels.
+        # v · W[:, ci, ky, kx] at output (yi + pad − ky, xi + pad − kx), accumulated
+        # channel-last in a per-image buffer. wr[ci, ky] holds the taps kx in reverse order,
+        # all output channels of each: the outputs one input reaches along a kernel row are
+        # neighbours, so each (input, ky) is one contiguous run of up to K·Cout additions.
         # steps = T > 1: the images are [T·B] (image t·B + b) and each sample's buffer runs on
         # from one step to the next, adding only the changes v = x^t − x^{t−1}
         images, cin, h, w = x.shape
-        k, cp = wt.shape[1], wt.shape[3]
+        k = wr.shape[1]
         cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
         span = max(steps, 1)
         per = images // span
         f = out.dtype.type
         for u in nb.prange(per):
-            acc = np.empty((ho * wo, cp), out.dtype)
+            acc = np.empty(ho * wo * cout, out.dtype)
             for q in range(ho * wo):
-                for c in range(cp):
-                    acc[q, c] = base[c]
+                for c in range(cout):
+                    acc[q * cout + c] = base[c]
             for j in range(span):
                 n = j * per + u
                 for ci in range(cin):
@@ -59,33 +67,33 @@ if HAVE_NUMBA:
                             if fv == 0:
                                 continue
                             kx0, kx1 = _taps(xi, pad, wo, k)
+                            run, w0 = (kx1 - kx0) * cout, (k - kx1) * cout
                             for ky in range(ky0, ky1):
-                                q0 = (yi + pad - ky) * wo + xi + pad
-                                for kx in range(kx0, kx1):
-                                    a = acc[q0 - kx]
-                                    wv = wt[ci, ky, kx]
-                                    for c in range(cp):
-                                        a[c] += fv * wv[c]
+                                a0 = ((yi + pad - ky) * wo + xi + pad - kx1 + 1) * cout
+                                a = acc[a0:a0 + run]
+                                wv = wr[ci, ky, w0:w0 + run]
+                                for c in range(run):
+                                    a[c] += fv * wv[c]
                 # back to [C, H, W]: strided reads, contiguous writes (the cheaper way round)
                 o = out[n].reshape(cout, ho * wo)
-                acc_t = acc.T
                 for c in range(cout):
-                    oc, ac = o[c], acc_t[c]
+                    oc = o[c]
                     for q in range(ho * wo):
-                        oc[q] = ac[q]
+                        oc[q] = acc[q * cout + c]
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _conv_weight_grad(x, g, pad, steps, parts, bias_parts):  # pragma: no cover - compiled
-        # parts[p][ci, ky, kx, :] = Σ over part p's images and their nonzero inputs of
-        # v · g[n, :, yi + pad − ky, xi + pad − kx] (channels padded to whole vectors) — ∂L/∂W
-        # (E8) in fixed parts, so the sum does not depend on the thread count. steps = T > 1:
-        # over each sample's changes v = x^t − x^{t−1}, weighted by the suffix sums
-        # Σ_{t' ≥ t} g^{t'} (Σ_t g^t ⋆ x^t = Σ_t (Σ_{t' ≥ t} g^{t'}) ⋆ Δ^t).
-        # bias_parts[p, :] = Σ of g over part p's images and positions — ∂L/∂b, from the sums
-        # over all T steps that the suffix sums end with (one pass per sample, not per step)
+        # parts[p][ci, ky, (K − 1 − kx)·Cout + c] = Σ over part p's images and their nonzero
+        # inputs of v · g[n, c, yi + pad − ky, xi + pad − kx] — ∂L/∂W (E8) with the taps kx in
+        # reverse order (as the forward's wr), so each (input, ky) is one contiguous run, in
+        # fixed parts, so the sum does not depend on the thread count. steps = T > 1: over each
+        # sample's changes v = x^t − x^{t−1}, weighted by the suffix sums Σ_{t' ≥ t} g^{t'}
+        # (Σ_t g^t ⋆ x^t = Σ_t (Σ_{t' ≥ t} g^{t'}) ⋆ Δ^t). bias_parts[p, :] = Σ of g over part
+        # p's images and positions — ∂L/∂b, from the sums over all T steps that the suffix sums
+        # end with (one pass per sample, not per step)
         images, cin, h, w = x.shape
         cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
-        nparts, k, cp = parts.shape[0], parts.shape[2], parts.shape[4]
+        nparts, k = parts.shape[0], parts.shape[2]
         span = max(steps, 1)
         per = images // span
         f = g.dtype.type
@@ -95,16 +103,16 @@ if HAVE_NUMBA:
             acc[:] = 0
             bacc = bias_parts[p]
             bacc[:] = 0
-            gl = np.zeros((ho * wo, cp), g.dtype)
+            gl = np.zeros(ho * wo * cout, g.dtype)  # g channel-last (its suffix sums)
             for u in range(p * step, min(per, (p + 1) * step)):
                 gl[:] = 0
                 for j in range(span - 1, -1, -1):
                     n = j * per + u
-                    for c in range(cout):
-                        gc = g[n, c]
-                        for y in range(ho):
-                            for xo in range(wo):
-                                gl[y * wo + xo, c] += gc[y, xo]
+                    gn = g[n].reshape(cout, ho * wo)
+                    for q in range(ho * wo):  # strided reads, contiguous writes
+                        gq = gl[q * cout:(q + 1) * cout]
+                        for c in range(cout):
+                            gq[c] += gn[c, q]
                     for ci in range(cin):
                         for yi in range(h):
                             row = x[n, ci, yi]
@@ -115,28 +123,103 @@ if HAVE_NUMBA:
                                 if fv == 0:
                                     continue
                                 kx0, kx1 = _taps(xi, pad, wo, k)
+                                run, w0 = (kx1 - kx0) * cout, (k - kx1) * cout
                                 for ky in range(ky0, ky1):
-                                    q0 = (yi + pad - ky) * wo + xi + pad
-                                    for kx in range(kx0, kx1):
-                                        a = acc[ci, ky, kx]
-                                        gv = gl[q0 - kx]
-                                        for c in range(cp):
-                                            a[c] += fv * gv[c]
+                                    a0 = ((yi + pad - ky) * wo + xi + pad - kx1 + 1) * cout
+                                    a = acc[ci, ky, w0:w0 + run]
+                                    gv = gl[a0:a0 + run]
+                                    for c in range(run):
+                                        a[c] += fv * gv[c]
                 for q in range(ho * wo):  # gl = Σ_t g^t of sample u
-                    for c in range(cp):
-                        bacc[c] += gl[q, c]
+                    for c in range(cout):
+                        bacc[c] += gl[q * cout + c]
 
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _conv_input_grad(g, wq, pad, out):  # pragma: no cover - compiled
+        # out[n] = the transposed convolution of g[n] (∂L/∂ of the convolution's input): each
+        # nonzero g[n, co, yo, xo] adds g · W[co, :, ky, kx] at input (yo + ky − pad, xo + kx −
+        # pad), accumulated channel-last (wq[co, ky, kx·Cp + ci] = W[co, ci, ky, kx], Cin padded
+        # to Cp, a whole number of 64-byte vectors, so a run of taps is a whole number of them).
+        # Position by position: the nonzero g over the output channels that have any (a whole
+        # zero plane is skipped after one vectorised pass), four at a time into one pass over
+        # each run of the buffer
+        images, cout, ho, wo = g.shape
+        cin, h, w = out.shape[1], out.shape[2], out.shape[3]
+        k = wq.shape[1]
+        cp = wq.shape[2] // k
+        for n in nb.prange(images):
+            acc = np.zeros(h * w * cp, out.dtype)
+            gn = g[n].reshape(cout, ho * wo)
+            active = np.empty(cout, np.int64)
+            na = 0
+            for co in range(cout):
+                plane = gn[co]
+                hits = 0
+                for q in range(ho * wo):
+                    hits += plane[q] != 0
+                active[na] = co
+                na += hits != 0
+            chans = np.empty(cout, np.int64)
+            vals = np.empty(cout, g.dtype)
+            for yo in range(ho):
+                ky0, ky1 = max(0, pad - yo), min(k, h + pad - yo)
+                for xo in range(wo):
+                    q = yo * wo + xo
+                    m = 0
+                    for i in range(na):  # branch-free compaction of the nonzero g here
+                        v = gn[active[i], q]
+                        chans[m] = active[i]
+                        vals[m] = v
+                        m += v != 0
+                    if m == 0:
+                        continue
+                    kx0, kx1 = max(0, pad - xo), min(k, w + pad - xo)
+                    run, w0 = (kx1 - kx0) * cp, kx0 * cp
+                    for ky in range(ky0, ky1):
+                        a0 = ((yo + ky - pad) * w + xo + kx0 - pad) * cp
+                        a = acc[a0:a0 + run]
+                        j = 0
+                        while j + 4 <= m:
+                            v0, v1, v2, v3 = vals[j], vals[j + 1], vals[j + 2], vals[j + 3]
+                            d0 = wq[chans[j], ky, w0:w0 + run]
+                            d1 = wq[chans[j + 1], ky, w0:w0 + run]
+                            d2 = wq[chans[j + 2], ky, w0:w0 + run]
+                            d3 = wq[chans[j + 3], ky, w0:w0 + run]
+                            for c in range(run):
+                                a[c] += (v0 * d0[c] + v1 * d1[c]) + (v2 * d2[c] + v3 * d3[c])
+                            j += 4
+                        while j < m:
+                            v0, d0 = vals[j], wq[chans[j], ky, w0:w0 + run]
+                            for c in range(run):
+                                a[c] += v0 * d0[c]
+                            j += 1
+            o = out[n].reshape(cin, h * w)  # back to [C, H, W]
+            for c in range(cin):
+                oc = o[c]
+                for q in range(h * w):
+                    oc[q] = acc[q * cp + c]
 
-
-def vectors(n: int) -> int:
-    """``n`` channels padded to whole 64-byte vectors of float32."""
-    return -(-n // 16) * 16
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _count_nonzero(x, counts):  # pragma: no cover - compiled
+        for i in nb.prange(x.shape[0]):
+            xi = x[i].reshape(-1)
+            c = 0
+            for j in range(xi.shape[0]):
+                c += xi[j] != 0
+            counts[i] = c
 
 
 def byte_images(x: Tensor) -> np.ndarray:
     """A byte tensor ``[N, C, H, W]`` as a contiguous ``uint8`` array."""
     x = x.detach().contiguous()
     return (x.view(torch.uint8) if x.dtype == torch.bool else x).numpy()
+
+def reversed_taps(weight: Tensor) -> np.ndarray:
+    """``weight`` ``[Cout, Cin, K, K]`` as the kernels read it: ``[Cin, K, K·Cout]``, the taps
+    of each kernel row in reverse order (kx = K − 1 first), all output channels of each tap
+    together (a new array)."""
+    cout, cin, k, _ = weight.shape
+    return weight.permute(1, 2, 3, 0).flip(2).reshape(cin, k, k * cout).numpy().copy()
 
 
 def forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, divisor: int = 1,
@@ -145,16 +228,13 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, diviso
     ``[N, C, H, W]``; ``steps`` = T: summed over the changes along time (image t·B + b)."""
     w = weight.detach()
     cout, cin, k, _ = w.shape
-    wt = torch.zeros((cin, k, k, vectors(cout)), dtype=w.dtype)  # [Cin, K, K, Cout padded]
-    wt[..., :cout] = (w.permute(1, 2, 3, 0) * (1.0 / divisor) if divisor != 1
-                      else w.permute(1, 2, 3, 0))
-    base = torch.zeros(wt.shape[-1], dtype=w.dtype)
-    if bias is not None:
-        base[:cout] = bias.detach()
+    wr = reversed_taps(w * (1.0 / divisor) if divisor != 1 else w)
+    base = (torch.zeros(cout, dtype=w.dtype) if bias is None
+            else bias.detach().to(w.dtype).contiguous())
     n, _, h, wd = x.shape
-    out = np.empty((n, cout, h + 2 * padding - k + 1, wd + 2 * padding - k + 1), wt.numpy().dtype)
+    out = np.empty((n, cout, h + 2 * padding - k + 1, wd + 2 * padding - k + 1), wr.dtype)
     with threads():
-        _conv_forward(byte_images(x), wt.numpy(), base.numpy(), padding, steps, out)
+        _conv_forward(byte_images(x), wr, base.numpy(), padding, steps, out)
     return torch.from_numpy(out)
 
 
@@ -165,11 +245,38 @@ def weight_grad(x: Tensor, grad: Tensor, weight_shape: torch.Size, padding: int,
     ∂L/∂b ``[Cout]`` (the sum of ``grad`` over images and positions), from the same pass."""
     cout, cin, k, _ = weight_shape
     dtype = grad.numpy().dtype
-    parts = np.empty((tuning.parts, cin, k, k, vectors(cout)), dtype)
-    bias_parts = np.empty((tuning.parts, vectors(cout)), dtype)
+    parts = np.empty((tuning.parts, cin, k, k * cout), dtype)
+    bias_parts = np.empty((tuning.parts, cout), dtype)
     with threads():
         _conv_weight_grad(byte_images(x), grad.numpy(), padding, steps, parts, bias_parts)
-    total = torch.from_numpy(parts.sum(0)[..., :cout])
+    total = torch.from_numpy(parts.sum(0)).reshape(cin, k, k, cout).flip(2)  # [Cin, K, K, Cout]
     if divisor != 1:
-        total.mul_(1.0 / divisor)
-    return total.permute(3, 0, 1, 2).contiguous(), torch.from_numpy(bias_parts.sum(0)[:cout].copy())
+        total = total * (1.0 / divisor)
+    return total.permute(3, 0, 1, 2).contiguous(), torch.from_numpy(bias_parts.sum(0))
+
+
+def nonzero_fraction(x: Tensor) -> float:
+    """The fraction of the values of a float tensor ``[N, ...]`` that are not zero (one pass)."""
+    arr = x.detach().contiguous().numpy()
+    if arr.size == 0:
+        return 0.0
+    counts = np.empty(arr.shape[0], np.int64)
+    with threads():
+        _count_nonzero(arr.reshape(arr.shape[0], -1), counts)
+    return float(counts.sum()) / arr.size
+
+
+def input_grad(grad: Tensor, weight: Tensor, input_shape: torch.Size, padding: int) -> Tensor:
+    """``torch.nn.grad.conv2d_input(input_shape, weight, grad, 1, padding)`` summed over the
+    nonzero values of ``grad`` ``[N, Cout, Ho, Wo]`` (float32/64, contiguous): work in
+    proportion to them (the error of a layer of neurons is zero wherever the surrogate is)."""
+    w = weight.detach()
+    cout, cin, k, _ = w.shape
+    cp = -(-cin // 16) * 16
+    wq = torch.zeros((cout, k, k, cp), dtype=w.dtype)
+    wq[..., :cin] = w.permute(0, 2, 3, 1)
+    out = np.empty(tuple(input_shape), wq.numpy().dtype)
+    with threads():
+        _conv_input_grad(grad.detach().contiguous().numpy(), wq.reshape(cout, k, k * cp).numpy(),
+                         padding, out)
+    return torch.from_numpy(out)

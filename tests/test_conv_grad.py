@@ -1,0 +1,157 @@
+"""A convolution's gradient on its input summed over the nonzero values of its error
+(:func:`stbp.kernels.sparse_conv.input_grad`): torch's transposed convolution for generated
+errors of the shapes the kernel meets, the choice between it and the dense one, and the trained
+CNN's gradients on real digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stbp import encoding, layers, pretrained
+from stbp.functional import events
+from stbp.kernels import sparse_conv
+from stbp.kernels.runtime import Tuning
+from stbp.loss import rate_mse
+
+
+def _error(n, c, h, w, density, gen, dtype=torch.float32, silent_planes=0.5):
+    """An error like a layer of neurons hands back: zero where the surrogate is, whole
+    channels of an image silent."""
+    keep = torch.rand(n, c, h, w, generator=gen) < density
+    keep &= torch.rand(n, c, 1, 1, generator=gen) >= silent_planes
+    return (torch.randn(n, c, h, w, generator=gen) * keep).to(dtype)
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,k,pad", [
+    (3, 1, 4, 8, 8, 5, 2), (2, 3, 5, 9, 7, 3, 0), (2, 15, 40, 14, 14, 5, 2),
+    (1, 17, 3, 6, 6, 3, 1), (2, 2, 2, 4, 4, 5, 2), (2, 16, 1, 5, 5, 1, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_grad_matches_conv2d_input(n, cin, cout, h, w, k, pad, dtype):
+    gen = torch.Generator().manual_seed(n * 100 + cin + cout)
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    weight = torch.randn(cout, cin, k, k, generator=gen).to(dtype)
+    shape = torch.Size((n, cin, h, w))
+    for density in (0.05, 0.3, 1.0):
+        g = _error(n, cout, ho, wo, density, gen, dtype)
+        ours = sparse_conv.input_grad(g, weight, shape, pad)
+        assert ours.dtype == dtype and ours.shape == shape and ours.is_contiguous()
+        ref = torch.nn.grad.conv2d_input(shape, weight, g, 1, pad)
+        tol = 1e-4 if dtype == torch.float32 else 1e-12  # sums of up to 1000 terms ~ 30
+        torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+def test_input_grad_of_a_silent_error_is_zero_and_does_not_touch_its_inputs():
+    weight = torch.randn(4, 3, 5, 5)
+    g = torch.zeros(2, 4, 6, 6)
+    keep = weight.clone()
+    out = sparse_conv.input_grad(g, weight, torch.Size((2, 3, 6, 6)), 2)
+    assert torch.equal(out, torch.zeros(2, 3, 6, 6)) and torch.equal(weight, keep)
+
+
+def test_nonzero_fraction_counts_every_value_that_is_not_zero():
+    x = torch.tensor([[0.0, -0.0, 1.0, float("nan")], [2.0, 0.0, float("-inf"), 1e-30]])
+    assert sparse_conv.nonzero_fraction(x) == 5 / 8
+    assert sparse_conv.nonzero_fraction(torch.zeros(0, 3)) == 0.0
+    assert sparse_conv.nonzero_fraction(torch.ones(3, 2, 2, dtype=torch.float64)) == 1.0
+
+
+def _hidden_spikes_into_conv(tuning, gen_seed=0):
+    """LIF spikes (bytes with an origin) into an event-driven convolution; the gradient on the
+    neurons' input current, with ``tuning``."""
+    gen = torch.Generator().manual_seed(gen_seed)
+    current = torch.randn(4, 3, 2, 9, 9, generator=gen).mul_(0.6).requires_grad_()
+    spikes = layers.LIF(decay=0.2, threshold=0.3)(current, as_spikes=True)
+    weight = torch.randn(6, 2, 5, 5, generator=gen, requires_grad=True)
+    out = events.conv2d(spikes, weight, None, 1, 2, tuning=tuning)
+    assert out is not None
+    err = torch.randn(out.shape, generator=gen) * (torch.rand(out.shape, generator=gen) < 0.1)
+    return torch.autograd.grad(out, (current, weight), err)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_events_are_taken_below_the_limit_and_agree_with_the_dense_gradient(bf16, monkeypatch):
+    taken = []
+    real = sparse_conv.input_grad
+    monkeypatch.setattr(sparse_conv, "input_grad", lambda *a: taken.append(1) or real(*a))
+    results = {}
+    for limit in (1.0, 0.0):  # every error below it / none
+        tuning = Tuning(max_grad_density=limit, max_grad_density_bf16=limit)
+        taken.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            results[limit] = _hidden_spikes_into_conv(tuning)
+        assert bool(taken) == (limit == 1.0)
+    tol = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[1.0], results[0.0], strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_the_trained_cnn_on_real_digits_takes_the_events_with_the_dense_gradients(mnist, monkeypatch):
+    """The shipped CNN's errors are sparse (its surrogate is zero at most neurons): its second
+    convolution's gradient on its input runs over them, and every parameter's gradient equals
+    the one made with the dense transposed convolution. (The targets are the next class: the
+    network gets these digits right, its output saturated, and their own labels leave no
+    error at all.)"""
+    images = mnist["val"].images[:8].float().div(255).unsqueeze(1)
+    x = encoding.bernoulli(images, 12, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    labels = (mnist["val"].labels[:8] + 1) % 10
+    densities = []
+    real, count = sparse_conv.input_grad, sparse_conv.nonzero_fraction
+    monkeypatch.setattr(sparse_conv, "nonzero_fraction",
+                        lambda g: densities.append(count(g)) or densities[-1])
+
+    def grads():
+        net = pretrained.load("mnist-cnn").train()
+        rate_mse(net(x), labels).backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    fast = grads()
+    assert densities and max(densities) < Tuning().max_grad_density
+    monkeypatch.setattr(sparse_conv, "input_grad",
+                        lambda g, w, shape, pad: torch.nn.grad.conv2d_input(shape, w, g, 1, pad))
+    dense = grads()
+    assert real is not sparse_conv.input_grad
+    for a, b in zip(fast, dense, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all(a.abs().sum() > 0 for a in fast)
+
+
+def _peers_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    spec = importlib.util.spec_from_file_location("peers_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys):
+    """benchmarks/peers.py --cnn-weights: the checkpoint's weights in stbp's CNN and in a peer's
+    (its Conv2d/Linear layers, in order); a checkpoint of another network, or no file, is one
+    clear error."""
+    from torch import nn
+
+    from stbp import models
+
+    bench = _peers_bench()
+    path = pretrained.path("mnist-cnn")
+    ours = models.cnn(seed=5, decay=0.1, threshold=0.5)
+    peer = nn.Sequential(nn.Conv2d(1, 15, 5, padding=2), nn.ReLU(), nn.Conv2d(15, 40, 5, padding=2),
+                         nn.Flatten(), nn.Linear(1960, 300), nn.Linear(300, 10))
+    want = list(pretrained.load("mnist-cnn").parameters())
+    for net in (ours, peer):
+        assert bench.load_weights(net, str(path)) >= 1
+        got = [t for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+               for t in (m.weight, m.bias)] if net is peer else list(net.parameters())
+        assert len(got) == len(want) == 8
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(SystemExit, match="not this network's"):
+        bench.load_weights(models.mlp([784, 800, 10], seed=0, decay=0.1, threshold=0.5), str(path))
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--cnn", "--cnn-weights", "/nonexistent/last.pt", "--input", "noise"])
+    assert err.value.code == 2 and "--cnn-weights: checkpoint /nonexistent/last.pt: no such file" \
+        in capsys.readouterr().err
