@@ -37,17 +37,19 @@ if HAVE_NUMBA:
 
     @nb.njit(parallel=True, cache=True, nogil=True)
     def _spread_add(g, k, out, write):  # pragma: no cover - compiled
-        # out[p, y, x] += g[p, y // k, x // k] / k² for the positions windows cover: a row of
-        # shares made once per pooled row and added to the k rows of its windows; ``write``:
-        # out is zeroed first (each plane by its own thread)
-        planes, ho, wo = g.shape
+        # out[p, y, x] += g[p // P, p % P, y // k, x // k] / k² for the positions windows cover
+        # (g [A, P, Ho, Wo], any strides: a slice of samples is read in place); a row of shares
+        # made once per pooled row and added to the k rows of its windows; ``write``: out is
+        # zeroed first (each plane by its own thread)
+        outer, per, ho, wo = g.shape
         kk = out.dtype.type(k * k)
-        for p in nb.prange(planes):
+        for p in nb.prange(outer * per):
             if write:
                 out[p] = 0
+            gq = g[p // per, p % per]
             share = np.empty(wo * k, out.dtype)
             for yo in range(ho):
-                gp = g[p, yo]
+                gp = gq[yo]
                 for xo in range(wo):
                     v = gp[xo] / kk  # divided, as the pooling's backward does
                     for dx in range(k):
@@ -74,6 +76,12 @@ def spread_add(grad: Tensor, k: int, out: Tensor, *, write: bool = False) -> Non
     k) whose output gradient is ``grad`` ``[..., H // k, W // k]``; ``write=True``: ``out`` =
     that gradient (zero where no window reaches)."""
     h, w = out.shape[-2:]
-    g = grad.to(out.dtype).contiguous().reshape(-1, h // k, w // k)
+    if grad.numel() == 0:
+        if write:
+            out.zero_()
+        return
+    # [A, P, H // k, W // k]: a view for a slice of samples [T, b0:b1, ...] of a gradient
+    # [T, B, ...] (no copy of it), whatever its strides
+    g = grad.to(out.dtype).reshape(grad.shape[0] if grad.dim() > 2 else 1, -1, h // k, w // k)
     with threads():
         _spread_add(g.numpy(), k, out.view(-1, h, w).numpy(), write)
