@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run every case this many times, interleaved; report the median")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cnn", action="store_true", help="also benchmark the paper's CNN")
+    ap.add_argument("--cnn-only", action="store_true", help="benchmark the paper's CNN alone")
     ap.add_argument("--cases", help="comma-separated subset of " + ",".join(MLP_CASES))
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--device", default="cpu",
@@ -512,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; median of {args.repeat} interleaved runs per case" if args.repeat > 1 else ""))
     wanted = set(args.cases.split(",")) if args.cases else None
     all_rows = []
-    plans = [("mlp", MLP_CASES)] + ([("cnn", CNN_CASES)] if args.cnn else [])
+    plans = ([] if args.cnn_only else [("mlp", MLP_CASES)]) + (
+        [("cnn", CNN_CASES)] if args.cnn or args.cnn_only else [])
     for kind, cases in plans:
         for steps_t in args.steps_t if kind == "mlp" else args.steps_t[:1]:
             chosen = [c for c in cases if not wanted or c in wanted]
