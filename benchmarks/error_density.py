@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from stbp import encoding, models
     from stbp.data.mnist import load_mnist
     from stbp.errors import StbpError
-    from stbp.kernels import sparse_conv
+    from stbp.kernels import density
     from stbp.loss import rate_mse
 
     try:
@@ -46,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(err))
     torch.set_num_threads(args.threads)
     seen: list[float] = []
-    count = sparse_conv.nonzero_fraction
+    count = density.nonzero_fraction
 
-    def spy(g):  # the density the convolution's backward measures itself, recorded
-        seen.append(count(g))
-        return seen[-1]
+    def spy(g):  # the density the convolution's backward measures itself ([N, C, H, W]), recorded
+        value = count(g)
+        if g.dim() == 4:
+            seen.append(value)
+        return value
 
-    sparse_conv.nonzero_fraction = spy
+    density.nonzero_fraction = spy
     net = models.cnn(seed=args.seed, decay=0.1, threshold=0.5)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(args.seed)

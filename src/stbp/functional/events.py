@@ -27,7 +27,7 @@ from torch import Tensor
 
 from stbp.errors import StbpError
 from stbp.functional.spikes import DenseTerm, GradTerm, Spikes
-from stbp.kernels import dense_rows, pack, sparse_conv, sparse_linear
+from stbp.kernels import dense_rows, density, pack, sparse_conv, sparse_linear
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning
 
 __all__ = ["linear", "conv2d", "usable", "as_spikes", "compute_dtype", "LinearTerm"]
@@ -93,10 +93,12 @@ def _input_gradient(ctx, term: GradTerm) -> Tensor:
 
 class LinearTerm(GradTerm):
     """∂L/∂o = ε W of a fully connected layer's input spikes ``[T, B, ..., F]``: its error ε
-    ``[T·B·…, K]`` (rows in the spikes' order) and weight W ``[K, F]``."""
+    ``[T·B·…, K]`` (rows in the spikes' order) and weight W ``[K, F]``. Made whole
+    (:meth:`dense`) it skips the zeros of ε where they are most of it
+    (``tuning.max_linear_grad_density``); in parts (:meth:`write_to`) it always does."""
 
-    def __init__(self, grad: Tensor, weight: Tensor) -> None:
-        self.grad, self.weight = grad, weight
+    def __init__(self, grad: Tensor, weight: Tensor, tuning: Tuning = TUNING) -> None:
+        self.grad, self.weight, self.tuning = grad, weight, tuning
 
     def _rows(self, out: Tensor, b0: int, b1: int) -> tuple[Tensor, Tensor]:
         """The error rows of samples ``b0:b1`` ``[T, R, K]`` and ``out`` seen as ``[T, R, F]``."""
@@ -117,7 +119,13 @@ class LinearTerm(GradTerm):
             torch.matmul(rows, self.weight, out=target)
 
     def dense(self, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-        return (self.grad @ self.weight).to(dtype).reshape(shape)
+        g = self.grad
+        if (g.device.type == "cpu" and HAVE_NUMBA and g.dtype in _WEIGHT_DTYPES and g.dim() == 2
+                and density.nonzero_fraction(g) <= self.tuning.max_linear_grad_density):
+            out = torch.empty((1, g.shape[0], self.weight.shape[1]), dtype=g.dtype)
+            dense_rows.error_times_weight(g.unsqueeze(0), self.weight, out)
+            return out.to(dtype).reshape(shape)
+        return (g @ self.weight).to(dtype).reshape(shape)
 
 
 def _operands(weight: Tensor, bias: Tensor | None,
@@ -165,7 +173,7 @@ class _EventLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         if ctx.needs_input_grad[0]:  # ∂L/∂o = ε W, made inside the origin's backward
-            grad_src = _input_gradient(ctx, LinearTerm(g, weight))
+            grad_src = _input_gradient(ctx, LinearTerm(g, weight, ctx.tuning))
         return grad_src, grad_w, grad_b, None, None, None, None
 
 
@@ -252,7 +260,7 @@ def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
     convolution feeds is zero), else dense — for ``dtype`` bfloat16 (under autocast) in
     bfloat16 channels-last, where oneDNN is ~3x faster, handed back as a contiguous tensor of
     the weight's dtype."""
-    if sparse_conv.nonzero_fraction(g) <= tuning.grad_density_limit(dtype):
+    if density.nonzero_fraction(g) <= tuning.grad_density_limit(dtype):
         return sparse_conv.input_grad(g, weight, shape, padding)
     if dtype == weight.dtype:
         return torch.nn.grad.conv2d_input(shape, weight, g, 1, padding)

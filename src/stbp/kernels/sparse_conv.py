@@ -25,7 +25,7 @@ from torch import Tensor
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning, nb, threads
 from stbp.kernels.sparse_linear import input_value
 
-__all__ = ["forward", "weight_grad", "input_grad", "nonzero_fraction", "byte_images", "reversed_taps"]
+__all__ = ["forward", "weight_grad", "input_grad", "byte_images", "reversed_taps"]
 
 if HAVE_NUMBA:
 
@@ -199,15 +199,6 @@ if HAVE_NUMBA:
                 for q in range(h * w):
                     oc[q] = acc[q * cp + c]
 
-    @nb.njit(parallel=True, cache=True, nogil=True)
-    def _count_nonzero(x, counts):  # pragma: no cover - compiled
-        for i in nb.prange(x.shape[0]):
-            xi = x[i].reshape(-1)
-            c = 0
-            for j in range(xi.shape[0]):
-                c += xi[j] != 0
-            counts[i] = c
-
 
 def byte_images(x: Tensor) -> np.ndarray:
     """A byte tensor ``[N, C, H, W]`` as a contiguous ``uint8`` array."""
@@ -253,17 +244,6 @@ def weight_grad(x: Tensor, grad: Tensor, weight_shape: torch.Size, padding: int,
     if divisor != 1:
         total = total * (1.0 / divisor)
     return total.permute(3, 0, 1, 2).contiguous(), torch.from_numpy(bias_parts.sum(0))
-
-
-def nonzero_fraction(x: Tensor) -> float:
-    """The fraction of the values of a float tensor ``[N, ...]`` that are not zero (one pass)."""
-    arr = x.detach().contiguous().numpy()
-    if arr.size == 0:
-        return 0.0
-    counts = np.empty(arr.shape[0], np.int64)
-    with threads():
-        _count_nonzero(arr.reshape(arr.shape[0], -1), counts)
-    return float(counts.sum()) / arr.size
 
 
 def input_grad(grad: Tensor, weight: Tensor, input_shape: torch.Size, padding: int) -> Tensor:

@@ -1,7 +1,8 @@
-"""A convolution's gradient on its input summed over the nonzero values of its error
-(:func:`stbp.kernels.sparse_conv.input_grad`): torch's transposed convolution for generated
-errors of the shapes the kernel meets, the choice between it and the dense one, and the trained
-CNN's gradients on real digits."""
+"""Gradients summed over the nonzero values of an error (zero wherever the surrogate of the
+neurons is): a convolution's gradient on its input (:func:`stbp.kernels.sparse_conv.input_grad`)
+against torch's transposed convolution for generated errors of the shapes the kernel meets, a
+fully connected layer's ε W made whole (:class:`stbp.functional.events.LinearTerm`), the choice
+between them and the dense paths, and the trained CNN's gradients on real digits."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import torch
 
 from stbp import encoding, layers, pretrained
 from stbp.functional import events
-from stbp.kernels import sparse_conv
+from stbp.functional.events import LinearTerm
+from stbp.kernels import dense_rows, density, sparse_conv
 from stbp.kernels.runtime import Tuning
 from stbp.loss import rate_mse
 
 
-def _error(n, c, h, w, density, gen, dtype=torch.float32, silent_planes=0.5):
+def _error(n, c, h, w, rate, gen, dtype=torch.float32, silent_planes=0.5):
     """An error like a layer of neurons hands back: zero where the surrogate is, whole
     channels of an image silent."""
-    keep = torch.rand(n, c, h, w, generator=gen) < density
+    keep = torch.rand(n, c, h, w, generator=gen) < rate
     keep &= torch.rand(n, c, 1, 1, generator=gen) >= silent_planes
     return (torch.randn(n, c, h, w, generator=gen) * keep).to(dtype)
 
@@ -32,8 +34,8 @@ def test_input_grad_matches_conv2d_input(n, cin, cout, h, w, k, pad, dtype):
     ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
     weight = torch.randn(cout, cin, k, k, generator=gen).to(dtype)
     shape = torch.Size((n, cin, h, w))
-    for density in (0.05, 0.3, 1.0):
-        g = _error(n, cout, ho, wo, density, gen, dtype)
+    for rate in (0.05, 0.3, 1.0):
+        g = _error(n, cout, ho, wo, rate, gen, dtype)
         ours = sparse_conv.input_grad(g, weight, shape, pad)
         assert ours.dtype == dtype and ours.shape == shape and ours.is_contiguous()
         ref = torch.nn.grad.conv2d_input(shape, weight, g, 1, pad)
@@ -51,9 +53,9 @@ def test_input_grad_of_a_silent_error_is_zero_and_does_not_touch_its_inputs():
 
 def test_nonzero_fraction_counts_every_value_that_is_not_zero():
     x = torch.tensor([[0.0, -0.0, 1.0, float("nan")], [2.0, 0.0, float("-inf"), 1e-30]])
-    assert sparse_conv.nonzero_fraction(x) == 5 / 8
-    assert sparse_conv.nonzero_fraction(torch.zeros(0, 3)) == 0.0
-    assert sparse_conv.nonzero_fraction(torch.ones(3, 2, 2, dtype=torch.float64)) == 1.0
+    assert density.nonzero_fraction(x) == 5 / 8
+    assert density.nonzero_fraction(torch.zeros(0, 3)) == 0.0
+    assert density.nonzero_fraction(torch.ones(3, 2, 2, dtype=torch.float64)) == 1.0
 
 
 def _hidden_spikes_into_conv(tuning, gen_seed=0):
@@ -87,20 +89,23 @@ def test_the_events_are_taken_below_the_limit_and_agree_with_the_dense_gradient(
         torch.testing.assert_close(a, b, **tol)
 
 
-def test_the_trained_cnn_on_real_digits_takes_the_events_with_the_dense_gradients(mnist, monkeypatch):
+def test_the_trained_cnn_on_real_digits_sums_over_its_errors_with_the_dense_gradients(
+        mnist, monkeypatch):
     """The shipped CNN's errors are sparse (its surrogate is zero at most neurons): its second
-    convolution's gradient on its input runs over them, and every parameter's gradient equals
-    the one made with the dense transposed convolution. (The targets are the next class: the
-    network gets these digits right, its output saturated, and their own labels leave no
-    error at all.)"""
+    convolution's gradient on its input runs over them, and so does its first FC layer's
+    gradient on the pooled spikes (ε W made whole); every parameter's gradient equals the one
+    made densely. (The targets are the next class: the network gets these digits right, its
+    output saturated, and their own labels leave no error at all.)"""
     images = mnist["val"].images[:8].float().div(255).unsqueeze(1)
     x = encoding.bernoulli(images, 12, generator=torch.Generator().manual_seed(0),
                            dtype=torch.uint8)
     labels = (mnist["val"].labels[:8] + 1) % 10
-    densities = []
-    real, count = sparse_conv.input_grad, sparse_conv.nonzero_fraction
-    monkeypatch.setattr(sparse_conv, "nonzero_fraction",
-                        lambda g: densities.append(count(g)) or densities[-1])
+    seen, taken = [], []
+    count, conv_grad, rows = density.nonzero_fraction, sparse_conv.input_grad, dense_rows.error_times_weight
+    monkeypatch.setattr(density, "nonzero_fraction", lambda g: seen.append((g.dim(), count(g))) or count(g))
+    monkeypatch.setattr(sparse_conv, "input_grad", lambda *a: taken.append("conv") or conv_grad(*a))
+    monkeypatch.setattr(dense_rows, "error_times_weight",
+                        lambda g, *a: taken.append(g.shape[0]) or rows(g, *a))
 
     def grads():
         net = pretrained.load("mnist-cnn").train()
@@ -108,14 +113,37 @@ def test_the_trained_cnn_on_real_digits_takes_the_events_with_the_dense_gradient
         return [p.grad.clone() for p in net.parameters()]
 
     fast = grads()
-    assert densities and max(densities) < Tuning().max_grad_density
-    monkeypatch.setattr(sparse_conv, "input_grad",
-                        lambda g, w, shape, pad: torch.nn.grad.conv2d_input(shape, w, g, 1, pad))
+    conv = [d for n, d in seen if n == 4]
+    fc = [d for n, d in seen if n == 2]
+    assert conv and max(conv) < Tuning().max_grad_density and "conv" in taken
+    assert fc and max(fc) < Tuning().max_linear_grad_density and 1 in taken  # ε W whole: [1, R, K]
+    monkeypatch.setattr(density, "nonzero_fraction", lambda g: 1.0)  # every error dense
+    taken.clear()
     dense = grads()
-    assert real is not sparse_conv.input_grad
+    assert "conv" not in taken and 1 not in taken
     for a, b in zip(fast, dense, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert all(a.abs().sum() > 0 for a in fast)
+
+
+def test_a_linear_term_made_whole_skips_the_zeros_of_its_error_below_the_limit(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(7, 33, generator=gen)
+    calls, real = [], dense_rows.error_times_weight
+    monkeypatch.setattr(dense_rows, "error_times_weight", lambda *a: calls.append(1) or real(*a))
+    rows = torch.rand(60, 1, generator=gen) < 0.3
+    for dtype in (torch.float32, torch.float64):
+        g = (torch.randn(60, 7, generator=gen) * rows * (torch.rand(60, 7, generator=gen) < 0.4)).to(dtype)
+        w = weight.to(dtype)
+        shape = torch.Size((5, 12, 33))
+        ref = (g @ w).reshape(shape)
+        for limit, sparse in ((1.0, True), (0.0, False)):
+            calls.clear()
+            out = LinearTerm(g, w, Tuning(max_linear_grad_density=limit)).dense(shape, dtype)
+            assert bool(calls) == sparse and out.dtype == dtype and out.shape == shape
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-5)
+    empty = LinearTerm(torch.zeros(0, 7), weight).dense(torch.Size((0, 4, 33)), torch.float32)
+    assert empty.shape == (0, 4, 33)
 
 
 def _peers_bench():
