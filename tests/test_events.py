@@ -344,7 +344,8 @@ def test_pool_larger_than_the_image_is_f_avg_pool2d_error():
 
 
 @pytest.mark.parametrize("shape,cout,k,pad", [((7, 1, 12, 11), 5, 5, 2), ((4, 3, 9, 9), 4, 3, 0),
-                                              ((3, 2, 6, 6), 16, 3, 1), ((2, 1, 4, 4), 3, 5, 2)])
+                                              ((3, 2, 6, 6), 16, 3, 1), ((2, 1, 4, 4), 3, 5, 2),
+                                              ((3, 2, 5, 6), 3, 1, 0), ((2, 2, 5, 5), 33, 3, 3)])
 @pytest.mark.parametrize("high", [1, 3])
 def test_event_conv_matches_f_conv2d(shape, cout, k, pad, high, monkeypatch):
     """Event-driven convolution of byte spikes (and counts): F.conv2d's current and weight and
@@ -356,6 +357,24 @@ def test_event_conv_matches_f_conv2d(shape, cout, k, pad, high, monkeypatch):
     ours = synapse.conv2d(x, w, b, 1, pad)
     assert type(ours.grad_fn).__name__ == "_EventConv2dBackward"
     _check_conv(ours, x, w, b, pad, g, monkeypatch)
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_event_conv_in_float64_matches_f_conv2d(steps):
+    """A float64 weight: the event-driven forward (over the changes along time too) and its
+    weight and bias gradients are F.conv2d's in float64."""
+    x = _bytes(4, 2, 7, 6, rate=0.2, high=3)
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = synapse.conv2d(x, w, b, 1, 1, steps=steps)
+    assert type(ours.grad_fn).__name__ == "_EventConv2dBackward" and ours.dtype == torch.float64
+    ref = F.conv2d(x.double(), w, b, 1, 1)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    err = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(ours, (w, b), err), torch.autograd.grad(ref, (w, b), err),
+                    strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
 def _check_conv(ours, x, w, b, pad, g, monkeypatch, steps=0, **no_grad_tol):

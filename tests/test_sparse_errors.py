@@ -146,18 +146,20 @@ def test_a_linear_term_made_whole_skips_the_zeros_of_its_error_below_the_limit(m
     assert empty.shape == (0, 4, 33)
 
 
-def _peers_bench():
+def _peers_bench(monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))  # peers.py imports its sibling peer_nets
+    path = folder / "peers.py"
     spec = importlib.util.spec_from_file_location("peers_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
 
 
-def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys):
+def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys, monkeypatch):
     """benchmarks/peers.py --cnn-weights: the checkpoint's weights in stbp's CNN and in a peer's
     (its Conv2d/Linear layers, in order); a checkpoint of another network, or no file, is one
     clear error."""
@@ -165,21 +167,26 @@ def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys):
 
     from stbp import models
 
-    bench = _peers_bench()
+    bench = _peers_bench(monkeypatch)
+    nets = bench.peer_nets
     path = pretrained.path("mnist-cnn")
     ours = models.cnn(seed=5, decay=0.1, threshold=0.5)
     peer = nn.Sequential(nn.Conv2d(1, 15, 5, padding=2), nn.ReLU(), nn.Conv2d(15, 40, 5, padding=2),
                          nn.Flatten(), nn.Linear(1960, 300), nn.Linear(300, 10))
     want = list(pretrained.load("mnist-cnn").parameters())
     for net in (ours, peer):
-        assert bench.load_weights(net, str(path)) >= 1
+        assert nets.load_weights(net, str(path)) >= 1
         got = [t for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
                for t in (m.weight, m.bias)] if net is peer else list(net.parameters())
         assert len(got) == len(want) == 8
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
-    with pytest.raises(SystemExit, match="not this network's"):
-        bench.load_weights(models.mlp([784, 800, 10], seed=0, decay=0.1, threshold=0.5), str(path))
-    with pytest.raises(SystemExit) as err:
-        bench.main(["--cnn", "--cnn-weights", "/nonexistent/last.pt", "--input", "noise"])
-    assert err.value.code == 2 and "--cnn-weights: checkpoint /nonexistent/last.pt: no such file" \
-        in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--mlp-weights .*not this network's"):
+        nets.load_weights(models.mlp([784, 800, 10], seed=0, decay=0.1, threshold=0.5), str(path),
+                          "--mlp-weights")
+    for argv, message in (
+            (["--cnn", "--cnn-weights", "/nonexistent/last.pt"],
+             "--cnn-weights: checkpoint /nonexistent/last.pt: no such file"),
+            (["--mlp-weights", str(path)], f"--mlp-weights {path}: its layers")):
+        with pytest.raises(SystemExit) as err:
+            bench.main([*argv, "--input", "noise"])
+        assert err.value.code == 2 and message in capsys.readouterr().err

@@ -246,7 +246,7 @@ class _EventConv2d(torch.autograd.Function):
             grad_b = sums if want_b else None
         elif want_b:
             grad_b = g.sum((0, 2, 3))
-        if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution, dense
+        if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution (summed or dense)
             grad_o = _conv_input_grad(images.shape, weight, g, ctx.padding, ctx.compute, ctx.tuning)
             grad_src = _input_gradient(ctx, DenseTerm(grad_o))
         return grad_src, grad_w, grad_b, None, None, None, None, None

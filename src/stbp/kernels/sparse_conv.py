@@ -210,7 +210,7 @@ def reversed_taps(weight: Tensor) -> np.ndarray:
     of each kernel row in reverse order (kx = K − 1 first), all output channels of each tap
     together (a new array)."""
     cout, cin, k, _ = weight.shape
-    return weight.permute(1, 2, 3, 0).flip(2).reshape(cin, k, k * cout).numpy().copy()
+    return weight.detach().permute(1, 2, 3, 0).flip(2).reshape(cin, k, k * cout).contiguous().numpy()
 
 
 def forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, divisor: int = 1,
@@ -235,11 +235,12 @@ def weight_grad(x: Tensor, grad: Tensor, weight_shape: torch.Size, padding: int,
     ``divisor``) whose output gradient is ``grad`` ``[N, Cout, Ho, Wo]`` (contiguous), and
     ∂L/∂b ``[Cout]`` (the sum of ``grad`` over images and positions), from the same pass."""
     cout, cin, k, _ = weight_shape
-    dtype = grad.numpy().dtype
+    dtype = grad.detach().numpy().dtype
     parts = np.empty((tuning.parts, cin, k, k * cout), dtype)
     bias_parts = np.empty((tuning.parts, cout), dtype)
     with threads():
-        _conv_weight_grad(byte_images(x), grad.numpy(), padding, steps, parts, bias_parts)
+        _conv_weight_grad(byte_images(x), grad.detach().contiguous().numpy(), padding, steps, parts,
+                          bias_parts)
     total = torch.from_numpy(parts.sum(0)).reshape(cin, k, k, cout).flip(2)  # [Cin, K, K, Cout]
     if divisor != 1:
         total = total * (1.0 / divisor)
