@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stbp import encoding, layers, pretrained
 from stbp.functional import events
@@ -190,3 +191,53 @@ def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys, monkeypa
         with pytest.raises(SystemExit) as err:
             bench.main([*argv, "--input", "noise"])
         assert err.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,k,pad", [
+    (3, 1, 4, 8, 8, 5, 2), (2, 3, 5, 9, 7, 3, 0), (2, 15, 40, 14, 14, 5, 2),
+    (1, 17, 3, 6, 6, 3, 1), (2, 2, 3, 5, 6, 1, 0), (2, 2, 2, 4, 4, 3, 3)])
+@pytest.mark.parametrize("dtype,divisor", [(torch.float32, 1), (torch.float32, 4), (torch.float64, 1)])
+def test_weight_grad_by_error_matches_conv2d_weight(n, cin, cout, h, w, k, pad, dtype, divisor, monkeypatch):
+    """∂L/∂W and ∂L/∂b summed over the error's nonzero values: torch's, for byte inputs (value =
+    code / divisor) and errors from silent to dense; the same bits for any thread count."""
+    gen = torch.Generator().manual_seed(n + cin * 7 + k)
+    codes = (torch.rand(n, cin, h, w, generator=gen) < 0.3).to(torch.uint8) * divisor
+    codes[0, 0, 0, 0] = 3 * (divisor > 1) or 1
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    shape = torch.Size((cout, cin, k, k))
+    x = codes.to(dtype) / divisor
+    for rate in (0.0, 0.05, 0.4, 1.0):
+        g = _error(n, cout, ho, wo, rate, gen, dtype)
+        gw, gb = sparse_conv.weight_grad_by_error(codes, g, shape, pad, divisor)
+        assert gw.dtype == dtype and gw.shape == shape and gw.is_contiguous()
+        tol = 1e-4 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(gw, torch.nn.grad.conv2d_weight(x, shape, g, 1, pad), rtol=tol, atol=tol)
+        torch.testing.assert_close(gb, g.sum((0, 2, 3)), rtol=tol, atol=tol)
+        for threads in (1, 2):
+            monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+            again = sparse_conv.weight_grad_by_error(codes, g, shape, pad, divisor)
+            assert torch.equal(again[0], gw) and torch.equal(again[1], gb)
+        monkeypatch.undo()
+
+
+def test_the_weight_gradient_is_summed_over_whichever_is_fewer(monkeypatch):
+    """The inputs' events times Cout against the error's nonzero values times Cin (padded):
+    a sparse error takes the error's path, a dense one the inputs'; both F.conv2d's."""
+    gen = torch.Generator().manual_seed(11)
+    x = (torch.rand(6, 2, 9, 9, generator=gen) < 0.3).to(torch.uint8)
+    w = torch.randn(24, 2, 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(24, generator=gen, requires_grad=True)
+    taken = []
+    by_error, by_input = sparse_conv.weight_grad_by_error, sparse_conv.weight_grad
+    monkeypatch.setattr(sparse_conv, "weight_grad_by_error",
+                        lambda *a: taken.append("error") or by_error(*a))
+    monkeypatch.setattr(sparse_conv, "weight_grad", lambda *a: taken.append("input") or by_input(*a))
+    ref = F.conv2d(x.float(), w, b, 1, 1)
+    for rate, path in ((0.02, "error"), (1.0, "input")):
+        err = _error(6, 24, 9, 9, rate, gen, silent_planes=0.0)
+        taken.clear()
+        ours = events.conv2d(x, w, b, 1, 1)
+        got = torch.autograd.grad(ours, (w, b), err)
+        assert taken == [path]
+        for a, r in zip(got, torch.autograd.grad(ref, (w, b), err, retain_graph=True), strict=True):
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)

@@ -224,9 +224,12 @@ def linear(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, *,
 class _EventConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source: Tensor | None, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
-                spikes: Spikes, images: Tensor, padding: int, steps: int, tuning: Tuning):
-        # images: the codes as [N, C, H, W]; steps = T > 1: summed over the changes along time
+                spikes: Spikes, images: Tensor, padding: int, steps: int, tuning: Tuning,
+                events: int):
+        # images: the codes as [N, C, H, W]; steps = T > 1: summed over the changes along time;
+        # events: the inputs (or their changes) the sums run over
         ctx.padding, ctx.has_bias, ctx.divisor = padding, bias is not None, spikes.divisor
+        ctx.events = events
         ctx.steps, ctx.tuning, ctx.origin = steps, tuning, spikes.origin
         ctx.in_shape = spikes.shape if source is not None and spikes.origin is None else None
         ctx.in_dtype = spikes.dtype
@@ -240,27 +243,42 @@ class _EventConv2d(torch.autograd.Function):
         g = grad.to(weight.dtype).contiguous()
         grad_src = grad_w = grad_b = None
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        # the error is zero wherever the surrogate of the neurons it comes from is: its nonzero
+        # values, counted once, decide how both gradients below are summed. The weight gradient
+        # runs over them where they are fewer than the inputs' events (weighed by the channels
+        # each adds to); below tuning.min_breakeven_density that cannot be, and an error whose
+        # gradient on the input is not wanted (a first layer's) is not counted
+        cout, cin = weight.shape[:2]
+        by_error = ctx.events * cout / max(1, g.numel() * sparse_conv.padded_channels(cin))
+        counted = ctx.needs_input_grad[0] or (ctx.needs_input_grad[1]
+                                              and by_error >= ctx.tuning.min_breakeven_density)
+        nonzero = density.nonzero_fraction(g) if counted else 1.0
         if ctx.needs_input_grad[1]:  # ∂L/∂b comes from the same pass over the error
-            grad_w, sums = sparse_conv.weight_grad(images, g, weight.shape, ctx.padding, ctx.divisor,
-                                                   ctx.steps, ctx.tuning)
+            if nonzero < by_error:
+                grad_w, sums = sparse_conv.weight_grad_by_error(images, g, weight.shape, ctx.padding,
+                                                                ctx.divisor, ctx.tuning)
+            else:  # over the inputs' events (or their changes along time)
+                grad_w, sums = sparse_conv.weight_grad(images, g, weight.shape, ctx.padding,
+                                                       ctx.divisor, ctx.steps, ctx.tuning)
             grad_b = sums if want_b else None
         elif want_b:
             grad_b = g.sum((0, 2, 3))
         if ctx.needs_input_grad[0]:  # ∂L/∂o by the transposed convolution (summed or dense)
-            grad_o = _conv_input_grad(images.shape, weight, g, ctx.padding, ctx.compute, ctx.tuning)
+            grad_o = _conv_input_grad(images.shape, weight, g, ctx.padding, ctx.compute, nonzero,
+                                      ctx.tuning)
             grad_src = _input_gradient(ctx, DenseTerm(grad_o))
-        return grad_src, grad_w, grad_b, None, None, None, None, None
+        return grad_src, grad_w, grad_b, None, None, None, None, None, None
 
 
 def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
-                     dtype: torch.dtype, tuning: Tuning) -> Tensor:
+                     dtype: torch.dtype, nonzero: float, tuning: Tuning) -> Tensor:
     """The transposed convolution of the error ``g`` ``[N, C, H, W]``, in the weight's dtype:
     summed over the nonzero values of ``g`` where they are few enough
     (``tuning.grad_density_limit``; the error is zero wherever the surrogate of the neurons the
     convolution feeds is zero), else dense — for ``dtype`` bfloat16 (under autocast) in
     bfloat16 channels-last, where oneDNN is ~3x faster, handed back as a contiguous tensor of
-    the weight's dtype."""
-    if density.nonzero_fraction(g) <= tuning.grad_density_limit(dtype):
+    the weight's dtype. ``nonzero``: the fraction of ``g`` that is nonzero."""
+    if nonzero <= tuning.grad_density_limit(dtype):
         return sparse_conv.input_grad(g, weight, shape, padding)
     if dtype == weight.dtype:
         return torch.nn.grad.conv2d_input(shape, weight, g, 1, padding)
@@ -307,11 +325,13 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
     counts = sparse_linear.nonzero_counts(rows)
     if counts.sum() > tuning.max_density * rows.size:  # bfloat16 convolutions gain less
         return None
-    if steps < 2 or images.shape[0] % steps or sparse_linear.change_counts(
-            rows, torch.Size((steps, images.shape[0] // steps, rows.shape[1])), counts,
-            tuning) is None:
+    changes = None if steps < 2 or images.shape[0] % steps else sparse_linear.change_counts(
+        rows, torch.Size((steps, images.shape[0] // steps, rows.shape[1])), counts, tuning)
+    if changes is None:
         steps = 0
     source = _source(x, spikes) if torch.is_grad_enabled() else None
     if source is not None or _tracks(spikes, weight, bias):
-        return _EventConv2d.apply(source, weight, bias, spikes, images, padding, steps, tuning)
+        events = int((counts if changes is None else changes).sum())
+        return _EventConv2d.apply(source, weight, bias, spikes, images, padding, steps, tuning,
+                                  events)
     return sparse_conv.forward(images, weight, bias, padding, spikes.divisor, steps)

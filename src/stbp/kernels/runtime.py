@@ -92,6 +92,12 @@ class Tuning:
             when at most this fraction of it is nonzero, and is one matmul above: the CNN's
             first FC layer (ε [3000, 300], W [300, 1960], 2 threads): 11 vs 30 ms at 8 % (the
             network after epoch 1: 9 %), 27 vs 30 ms at 26 %, 35 vs 30 ms at 35 %, hence 0.2.
+        min_breakeven_density: a convolution's weight gradient runs over the nonzero values of
+            its error where those, times the input channels, are fewer than the inputs' events
+            times the output channels; where that would need the error to be sparser than
+            this, its nonzero values are not counted (a pass over the error: the CNN's first
+            convolution, whose inputs change at a few percent of the pixels per step, would
+            need it below 0.3 %).
         changes_ratio: the sums run over the changes of each sample's spike trains along time
             when those number fewer than this fraction of the spikes.
         cache_bytes: the part of the error a weight-gradient chunk reads (under one core's L2).
@@ -117,6 +123,7 @@ class Tuning:
     max_grad_density: float = 0.45
     max_grad_density_bf16: float = 0.2
     max_linear_grad_density: float = 0.2
+    min_breakeven_density: float = 0.01
     changes_ratio: float = 0.75
     cache_bytes: int = 768 << 10
     private_bytes: int = 256 << 10

@@ -25,7 +25,8 @@ from torch import Tensor
 from stbp.kernels.runtime import HAVE_NUMBA, TUNING, Tuning, nb, threads
 from stbp.kernels.sparse_linear import input_value
 
-__all__ = ["forward", "weight_grad", "input_grad", "byte_images", "reversed_taps"]
+__all__ = ["forward", "weight_grad", "weight_grad_by_error", "input_grad", "padded_channels", "byte_images",
+           "reversed_taps"]
 
 if HAVE_NUMBA:
 
@@ -200,10 +201,63 @@ if HAVE_NUMBA:
                     oc[q] = acc[q * cp + c]
 
 
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def _conv_weight_grad_by_error(x, g, pad, parts, bias_parts):  # pragma: no cover - compiled
+        # parts[p][co, ky, kx·Cp + ci] = Σ over part p's images and the nonzero values v =
+        # g[n, co, yo, xo] of v · x[n, ci, yo + ky − pad, xo + kx − pad] — ∂L/∂W summed over
+        # the error's nonzero values instead of the inputs' (Cin padded to Cp, whole vectors;
+        # the image's inputs made channel-last once, if any of its error is nonzero), in fixed
+        # parts; bias_parts[p, co] = Σ v
+        images, cin, h, w = x.shape
+        cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+        nparts, k = parts.shape[0], parts.shape[2]
+        cp = parts.shape[3] // k
+        f = g.dtype.type
+        step = (images + nparts - 1) // nparts
+        for p in nb.prange(nparts):
+            acc = parts[p]
+            acc[:] = 0
+            bacc = bias_parts[p]
+            bacc[:] = 0
+            xcl = np.zeros(h * w * cp, g.dtype)
+            for n in range(p * step, min(images, (p + 1) * step)):
+                gn = g[n].reshape(cout, ho * wo)
+                built = False
+                for co in range(cout):
+                    plane = gn[co]
+                    hits = 0
+                    for q in range(ho * wo):
+                        hits += plane[q] != 0
+                    if hits == 0:
+                        continue
+                    if not built:
+                        for ci in range(cin):
+                            xc = x[n, ci].reshape(-1)
+                            for q in range(h * w):
+                                xcl[q * cp + ci] = f(xc[q])
+                        built = True
+                    for yo in range(ho):
+                        ky0, ky1 = max(0, pad - yo), min(k, h + pad - yo)
+                        for xo in range(wo):
+                            v = plane[yo * wo + xo]
+                            if v == 0:
+                                continue
+                            bacc[co] += v
+                            kx0, kx1 = max(0, pad - xo), min(k, w + pad - xo)
+                            run, w0 = (kx1 - kx0) * cp, kx0 * cp
+                            for ky in range(ky0, ky1):
+                                a0 = ((yo + ky - pad) * w + xo + kx0 - pad) * cp
+                                a = acc[co, ky, w0:w0 + run]
+                                xv = xcl[a0:a0 + run]
+                                for c in range(run):
+                                    a[c] += v * xv[c]
+
+
 def byte_images(x: Tensor) -> np.ndarray:
     """A byte tensor ``[N, C, H, W]`` as a contiguous ``uint8`` array."""
     x = x.detach().contiguous()
     return (x.view(torch.uint8) if x.dtype == torch.bool else x).numpy()
+
 
 def reversed_taps(weight: Tensor) -> np.ndarray:
     """``weight`` ``[Cout, Cin, K, K]`` as the kernels read it: ``[Cin, K, K·Cout]``, the taps
@@ -253,7 +307,7 @@ def input_grad(grad: Tensor, weight: Tensor, input_shape: torch.Size, padding: i
     proportion to them (the error of a layer of neurons is zero wherever the surrogate is)."""
     w = weight.detach()
     cout, cin, k, _ = w.shape
-    cp = -(-cin // 16) * 16
+    cp = padded_channels(cin)
     wq = torch.zeros((cout, k, k, cp), dtype=w.dtype)
     wq[..., :cin] = w.permute(0, 2, 3, 1)
     out = np.empty(tuple(input_shape), wq.numpy().dtype)
@@ -261,3 +315,27 @@ def input_grad(grad: Tensor, weight: Tensor, input_shape: torch.Size, padding: i
         _conv_input_grad(grad.detach().contiguous().numpy(), wq.reshape(cout, k, k * cp).numpy(),
                          padding, out)
     return torch.from_numpy(out)
+
+
+def padded_channels(n: int) -> int:
+    """``n`` channels padded to whole 64-byte vectors of float32 (what the kernels that sum
+    over an error's nonzero values lay out)."""
+    return -(-n // 16) * 16
+
+
+def weight_grad_by_error(x: Tensor, grad: Tensor, weight_shape: torch.Size, padding: int,
+                         divisor: int = 1, tuning: Tuning = TUNING) -> tuple[Tensor, Tensor]:
+    """:func:`weight_grad` summed over the nonzero values of ``grad`` instead of the inputs':
+    work in proportion to them times Cin (padded), against the inputs' events times Cout."""
+    cout, cin, k, _ = weight_shape
+    g = grad.detach().contiguous()
+    cp = padded_channels(cin)
+    dtype = g.numpy().dtype
+    parts = np.empty((tuning.parts, cout, k, k * cp), dtype)
+    bias_parts = np.empty((tuning.parts, cout), dtype)
+    with threads():
+        _conv_weight_grad_by_error(byte_images(x), g.numpy(), padding, parts, bias_parts)
+    total = torch.from_numpy(parts.sum(0)).reshape(cout, k, k, cp)[..., :cin]
+    if divisor != 1:
+        total = total * (1.0 / divisor)
+    return total.permute(0, 3, 1, 2).contiguous(), torch.from_numpy(bias_parts.sum(0))
