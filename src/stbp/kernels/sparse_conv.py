@@ -13,7 +13,9 @@ x^t − x^{t−1} (as :mod:`stbp.kernels.sparse_linear` does).
 The gradient on the input (:func:`input_grad`) is summed over the nonzero values of the error
 instead: the error of a layer of neurons is zero wherever their surrogate is (most of them, in
 a network in training), and each nonzero value adds W[co, :, ky, kx] over the input channels.
-:mod:`stbp.functional.events` decides when to use these.
+The weight gradient can be summed that way too (:func:`weight_grad_by_error`: each nonzero
+value adds the inputs under the kernel, all input channels). :mod:`stbp.functional.events`
+decides when to use these.
 """
 
 from __future__ import annotations
