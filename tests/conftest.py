@@ -77,3 +77,21 @@ def toy(tmp_path):
     with registry.registered(TOY):
         yield tmp_path / "toy"
     assert "toy" not in registry.names()
+
+
+@pytest.fixture
+def benchmark(monkeypatch):
+    """Load a script of benchmarks/ as a module: ``benchmark("peers")`` (its folder on the path,
+    for the sibling modules a script imports)."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

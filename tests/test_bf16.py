@@ -101,15 +101,9 @@ def test_conv_input_gradient_in_bfloat16_on_real_digits(mnist):
     (["--train", "0"], "--train must be in 1..55000"),
     (["--val", "6000"], "--val in 1..5000"),
 ])
-def test_precision_benchmark_refuses_bad_options(args, message, capsys):
+def test_precision_benchmark_refuses_bad_options(args, message, capsys, benchmark):
     """benchmarks/precision.py names the option that is wrong before it loads any data."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision.py"
-    spec = importlib.util.spec_from_file_location("precision_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark("precision")
     with pytest.raises(SystemExit) as err:
         bench.main(args)
     assert err.value.code == 2 and message in capsys.readouterr().err

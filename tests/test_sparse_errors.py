@@ -147,20 +147,7 @@ def test_a_linear_term_made_whole_skips_the_zeros_of_its_error_below_the_limit(m
     assert empty.shape == (0, 4, 33)
 
 
-def _peers_bench(monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(folder))  # peers.py imports its sibling peer_nets
-    path = folder / "peers.py"
-    spec = importlib.util.spec_from_file_location("peers_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys, monkeypatch):
+def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys, benchmark):
     """benchmarks/peers.py --cnn-weights: the checkpoint's weights in stbp's CNN and in a peer's
     (its Conv2d/Linear layers, in order); a checkpoint of another network, or no file, is one
     clear error."""
@@ -168,7 +155,7 @@ def test_peers_benchmark_starts_every_network_from_a_checkpoint(capsys, monkeypa
 
     from stbp import models
 
-    bench = _peers_bench(monkeypatch)
+    bench = benchmark("peers")
     nets = bench.peer_nets
     path = pretrained.path("mnist-cnn")
     ours = models.cnn(seed=5, decay=0.1, threshold=0.5)
