@@ -108,6 +108,30 @@ def test_fuzz_checkpoint_bitflips(tmp_path, pos, byte):
     assert ckpt["format"] == "stbp-checkpoint-v1"
 
 
+def test_a_checkpoint_whose_zip_names_an_unknown_version_is_one_clear_error_or_loads(tmp_path):
+    """A flipped byte found by the fuzzer: the central directory's "version needed to extract"
+    raised to 6.4 makes Python's zipfile raise NotImplementedError — load_checkpoint answers
+    with a StbpError naming the file, or (torch's reader does not care) the checkpoint."""
+    buf = io.BytesIO()
+    torch.save({"format": "stbp-checkpoint-v1", "config": {}, "model": {"w": torch.ones(3)},
+                "epoch": 1}, buf)
+    data = bytearray(buf.getvalue())
+    at = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[at + 6:at + 8] = (64).to_bytes(2, "little")  # version needed to extract: 6.4
+    f = tmp_path / "c.pt"
+    f.write_bytes(bytes(data))
+    with pytest.raises(NotImplementedError):
+        import zipfile
+
+        zipfile.ZipFile(f)
+    try:
+        ckpt = load_checkpoint(f)
+    except StbpError as err:
+        assert str(f) in str(err)
+        return
+    assert ckpt["format"] == "stbp-checkpoint-v1"
+
+
 _MARKER_PAYLOADS = [
     lambda m: (Path.write_text, (m, "ran")),
     lambda m: (os.system, (f"touch {m}",)),

@@ -402,6 +402,16 @@ def test_folder_without_layout(tmp_path):
     (tmp_path / "Test.zip").write_bytes(b"not a zip")
     with pytest.raises(StbpError, match="Test.zip: not a readable zip archive"):
         list_recordings(tmp_path, "test")
+    # a zip whose central directory asks for an extract version Python's zipfile does not know
+    # (it raises NotImplementedError): the same one clear error
+    (tmp_path / "v").mkdir()
+    zipped = write_split(tmp_path / "v", "test", {1: 1}, zipped=True, name="Test.zip")
+    data = bytearray(zipped.read_bytes())
+    at = data.index(b"PK\x01\x02")
+    data[at + 6:at + 8] = (64).to_bytes(2, "little")
+    (tmp_path / "Test.zip").write_bytes(bytes(data))
+    with pytest.raises(StbpError, match="Test.zip: not a readable zip archive"):
+        list_recordings(tmp_path, "test")
 
 
 def test_md5_checked_when_cache_is_built(tmp_path, monkeypatch):

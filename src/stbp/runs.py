@@ -175,8 +175,11 @@ def _check_unpacked_size(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             entries = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return  # not a zip (the legacy format holds its bytes as they are): torch.load judges
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        # not a zip, or one Python cannot list (an unknown version or compression, which
+        # zipfile reports as NotImplementedError; the legacy format holds its bytes as they
+        # are): torch.load judges
+        return
     size = path.stat().st_size
     unpacked = sum(e.file_size for e in entries)
     packed = sum(1 for e in entries if e.compress_type != zipfile.ZIP_STORED)

@@ -196,7 +196,8 @@ def _scan_folder(root: Path, split: str, base: Path) -> _Scan:
 def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        # NotImplementedError: a version or compression Python's zipfile cannot read
         raise StbpError(f"{path}: not a readable zip archive ({err})") from None
 
 
@@ -286,7 +287,7 @@ class _Reader:
             self._pid = os.getpid()
         try:
             data = self._zip.read(name)
-        except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as err:
             raise StbpError(f"{self.describe(name)}: cannot read the member ({err})") from None
         return parse_nmnist(data, self.describe(name))
 
