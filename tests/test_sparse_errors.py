@@ -78,16 +78,19 @@ def test_the_events_are_taken_below_the_limit_and_agree_with_the_dense_gradient(
     real = sparse_conv.input_grad
     monkeypatch.setattr(sparse_conv, "input_grad", lambda *a: taken.append(1) or real(*a))
     results = {}
-    for limit in (1.0, 0.0):  # every error below it / none
-        tuning = Tuning(max_grad_density=limit, max_grad_density_bf16=limit)
+    # every error below the limit / none, the dense one in one chunk / in chunks of 3 images
+    # ([12, 2, 9, 9] inputs: 162 values each)
+    for limit, chunk in ((1.0, 1 << 18), (0.0, 1 << 18), (0.0, 500)):
+        tuning = Tuning(max_grad_density=limit, max_grad_density_bf16=limit, conv_chunk=chunk)
         taken.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            results[limit] = _hidden_spikes_into_conv(tuning)
+            results[limit, chunk] = _hidden_spikes_into_conv(tuning)
         assert bool(taken) == (limit == 1.0)
     tol = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-5)
-    for a, b in zip(results[1.0], results[0.0], strict=True):
-        assert a.abs().sum() > 0
-        torch.testing.assert_close(a, b, **tol)
+    for dense in ((0.0, 1 << 18), (0.0, 500)):
+        for a, b in zip(results[1.0, 1 << 18], results[dense], strict=True):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(a, b, **tol)
 
 
 def test_the_trained_cnn_on_real_digits_sums_over_its_errors_with_the_dense_gradients(

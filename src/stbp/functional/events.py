@@ -280,8 +280,14 @@ def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
     the weight's dtype. ``nonzero``: the fraction of ``g`` that is nonzero."""
     if nonzero <= tuning.grad_density_limit(dtype):
         return sparse_conv.input_grad(g, weight, shape, padding)
-    if dtype == weight.dtype:
-        return torch.nn.grad.conv2d_input(shape, weight, g, 1, padding)
+    if dtype == weight.dtype:  # a chunk of images at a time: oneDNN runs it ~1.5x faster
+        grad = torch.empty(shape, dtype=weight.dtype)
+        step = max(1, tuning.conv_chunk // int(shape[1:].numel()))
+        for lo in range(0, shape[0], step):
+            hi = min(lo + step, shape[0])
+            grad[lo:hi] = torch.nn.grad.conv2d_input((hi - lo, *shape[1:]), weight, g[lo:hi], 1,
+                                                     padding)
+        return grad
     n, c, h, w = g.shape
     # cast and transpose in one copy (2.4x faster than .to(dtype, memory_format=channels_last))
     g_cl = torch.empty((n, h, w, c), dtype=dtype).copy_(g.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

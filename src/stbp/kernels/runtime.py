@@ -80,11 +80,12 @@ class Tuning:
             conversions and saved nothing).
         max_grad_density: above this fraction of nonzero values in a convolution's error
             (∂L/∂ of its output: zero wherever the surrogate of the neurons it feeds is zero) its
-            gradient on its input runs as the dense transposed convolution instead of summed
-            over the nonzero values (:func:`stbp.kernels.sparse_conv.input_grad`). The CNN's
-            second convolution, 2 threads: 127 vs 164 ms dense at 34 % (a fresh network), 17
-            vs 164 ms at 3 % (the trained one); on synthetic errors 125 vs 155 ms at 39 %,
-            175 vs 162 ms at 55 % (docs/performance.md), hence 0.45.
+            gradient on its input runs as the dense transposed convolution (in chunks of
+            ``conv_chunk``) instead of summed over the nonzero values
+            (:func:`stbp.kernels.sparse_conv.input_grad`). The CNN's second convolution, 2
+            threads, a fresh network's error thinned or filled to the given fraction: 78 / 100 /
+            123 / 142 ms summed at 10 / 25 / 30 / 34.5 %, against 125-127 ms dense in chunks
+            (docs/performance.md), hence 0.3.
         max_grad_density_bf16: the same when the dense one runs in bfloat16 (under
             ``torch.autocast``; ~95 ms there at any density): 89 vs 96 ms at 25 %, hence 0.2.
         max_linear_grad_density: a fully connected layer's gradient on its input spikes made
@@ -110,8 +111,13 @@ class Tuning:
             into floats (its forward over byte spikes, its weight gradient): 1 MiB of float32.
         dense_min_rows: the fewest rows of such a chunk (a matmul over fewer runs far below
             peak).
-        conv_chunk: values per chunk of a dense convolution's backward (oneDNN runs faster on
-            larger ones).
+        conv_chunk: input values per chunk of images of a dense convolution's backward (and
+            of the dense transposed convolution that makes an event convolution's gradient on
+            its input): oneDNN's float32 backward runs far faster on chunks of about 1 MiB
+            than on the whole batch (2 threads, T·B = 3000: the CNN's second convolution's
+            gradient on its input 97-106 against 141-162 ms, both gradients 196-234 against
+            282-300 ms; the first convolution's weight gradient 15-18 against 55-57 ms;
+            bfloat16 the same within noise at any size), hence 2**18.
 
     Kernel-internal block sizes that numba compiles in (``lif_cpu.BLOCK``,
     ``sparse_linear.ROWS``) are constants of their kernels, not tuning values.
@@ -120,7 +126,7 @@ class Tuning:
     max_density: float = 0.35
     max_density_bf16: float = 0.22
     min_fan_out_bf16: int = 64
-    max_grad_density: float = 0.45
+    max_grad_density: float = 0.3
     max_grad_density_bf16: float = 0.2
     max_linear_grad_density: float = 0.2
     min_breakeven_density: float = 0.01
@@ -132,7 +138,7 @@ class Tuning:
     neuron_chunk_bytes: int = 1 << 22
     dense_chunk: int = 1 << 18
     dense_min_rows: int = 1024
-    conv_chunk: int = 1 << 22
+    conv_chunk: int = 1 << 18
 
     def density_limit(self, dtype: torch.dtype, fan_out: int) -> float:
         """The fraction of nonzero inputs above which a fully connected layer of ``fan_out``
