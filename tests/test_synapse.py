@@ -108,7 +108,7 @@ def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad):
     x.requires_grad_(input_grad)
     w = torch.randn(4, 3, 5, 5)
     b = torch.randn(4)
-    tuning = Tuning(conv_chunk=500)  # several chunks in the backward
+    tuning = Tuning(conv_chunk=500)  # several chunks in the forward and the backward
     ours = _grads(lambda x, w, b: synapse.conv2d(x, w, b, stride, padding, tuning=tuning), x, w, b)
     ref = _grads(lambda x, w, b: F.conv2d(x, w, b, stride, padding), x, w, b)
     assert torch.equal(ours[0], ref[0])
@@ -117,6 +117,19 @@ def test_conv2d_matches_f_conv2d(pool, stride, padding, input_grad):
         assert (a is None) == (r is None)
         if a is not None:
             torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [100, 500, 1 << 18])
+def test_conv2d_without_gradient_matches_f_conv2d_in_chunks(chunk):
+    """Analog input with no gradient wanted: the dense convolution a chunk of images at a
+    time ([7, 2, 10, 10]: 200 values each; 100 and 500 leave one and two images per chunk,
+    the last chunk short), the same values as one F.conv2d."""
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = (torch.rand(7, 2, 10, 10, generator=gen), torch.randn(5, 2, 3, 3, generator=gen),
+               torch.randn(5, generator=gen))
+    with torch.no_grad():
+        ours = synapse.conv2d(x, w, b, 1, 1, tuning=Tuning(conv_chunk=chunk))
+    torch.testing.assert_close(ours, F.conv2d(x, w, b, 1, 1), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])

@@ -117,7 +117,10 @@ class Tuning:
             than on the whole batch (2 threads, T·B = 3000: the CNN's second convolution's
             gradient on its input 97-106 against 141-162 ms, both gradients 196-234 against
             282-300 ms; the first convolution's weight gradient 15-18 against 55-57 ms;
-            bfloat16 the same within noise at any size), hence 2**18.
+            bfloat16 the same within noise at any size; the forward: the first convolution
+            28 against 118 ms, the second 98 against 160 ms), hence 2**18. On the CPU.
+        gpu_conv_chunk: the same on a GPU, where chunks only bound the memory of decoded
+            inputs (its kernels run best on whole batches).
 
     Kernel-internal block sizes that numba compiles in (``lif_cpu.BLOCK``,
     ``sparse_linear.ROWS``) are constants of their kernels, not tuning values.
@@ -139,6 +142,7 @@ class Tuning:
     dense_chunk: int = 1 << 18
     dense_min_rows: int = 1024
     conv_chunk: int = 1 << 18
+    gpu_conv_chunk: int = 1 << 22
 
     def density_limit(self, dtype: torch.dtype, fan_out: int) -> float:
         """The fraction of nonzero inputs above which a fully connected layer of ``fan_out``
