@@ -24,6 +24,7 @@ from stbp.config import dataset_info, validate
 from stbp.data.splits import Split, load_splits
 from stbp.errors import StbpError
 from stbp.functional.lif import LIFParams
+from stbp.kernels import runtime
 from stbp.loss import predict
 from stbp.models import SpikingNet, build
 
@@ -89,8 +90,15 @@ def model_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def autocast(precision: str, device: torch.device | str = "cpu"):
     """The mixed-precision context of ``[train] precision``: "bf16" runs the synapses (matmuls,
-    convs) in bfloat16 — spikes are exact in it — while the neurons keep float32 state."""
+    convs) in bfloat16 — spikes are exact in it — while the neurons keep float32 state. On a
+    CPU without native bfloat16 (:func:`stbp.kernels.runtime.native_bf16`) it warns once: torch's
+    bfloat16 matmuls and convolutions are emulated there, several times slower than float32."""
     kind = torch.device(device).type
+    if precision == "bf16" and kind == "cpu" and not runtime.native_bf16():
+        runtime.warn_once("[train] precision = 'bf16' on a CPU without native bfloat16 (no "
+                          "avx512_bf16 / amx_bf16 flag): its bfloat16 matmuls are emulated, several "
+                          "times slower than float32 (stbp's own kernels keep float32 there); "
+                          "precision = 'fp32' is the faster choice on this machine")
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

@@ -277,7 +277,9 @@ def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
     (``tuning.grad_density_limit``; the error is zero wherever the surrogate of the neurons the
     convolution feeds is zero), else dense — for ``dtype`` bfloat16 (under autocast) in
     bfloat16 channels-last, where oneDNN is ~3x faster, handed back as a contiguous tensor of
-    the weight's dtype. ``nonzero``: the fraction of ``g`` that is nonzero."""
+    the weight's dtype (float32 instead where the CPU has no native bfloat16,
+    ``tuning.dense_dtype``). ``nonzero``: the fraction of ``g`` that is nonzero."""
+    dtype = tuning.dense_dtype(dtype)
     if nonzero <= tuning.grad_density_limit(dtype):
         return sparse_conv.input_grad(g, weight, shape, padding)
     if dtype == weight.dtype:  # a chunk of images at a time: oneDNN runs it ~1.5x faster
@@ -329,7 +331,7 @@ def conv2d(x: Tensor | Spikes, weight: Tensor, bias: Tensor | None = None, strid
         return None
     rows = sparse_conv.byte_images(images).reshape(images.shape[0], -1)
     counts = sparse_linear.nonzero_counts(rows)
-    if counts.sum() > tuning.max_density * rows.size:  # bfloat16 convolutions gain less
+    if counts.sum() > tuning.density_limit(compute_dtype(weight)) * rows.size:
         return None
     changes = None if steps < 2 or images.shape[0] % steps else sparse_linear.change_counts(
         rows, torch.Size((steps, images.shape[0] // steps, rows.shape[1])), counts, tuning)

@@ -6,6 +6,8 @@
 - :func:`threads`: the policy for how many threads a kernel runs on — as many as PyTorch uses
   (``torch.set_num_threads``), capped by ``NUMBA_NUM_THREADS`` — as a context manager that puts
   numba's setting back afterwards.
+- :func:`native_bf16`: whether this CPU computes bfloat16 natively (the paths stbp picks for
+  speed under ``torch.autocast(dtype=torch.bfloat16)`` pay only there).
 - :class:`Tuning`: every tuning value of the kernels in one frozen dataclass. Functions take a
   ``tuning`` argument (default :data:`TUNING`); tests pass their own instead of patching globals.
 """
@@ -28,7 +30,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     nb = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "nb", "threads", "warn_once", "Tuning", "TUNING"]
+__all__ = ["HAVE_NUMBA", "nb", "threads", "warn_once", "native_bf16", "cpu_flags", "Tuning", "TUNING"]
 
 
 @contextlib.contextmanager
@@ -53,6 +55,33 @@ def threads() -> Iterator[int]:
 def warn_once(message: str) -> None:
     """A ``RuntimeWarning`` shown once per process and message (a backend falling back)."""
     warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+#: CPU flags (/proc/cpuinfo's "flags" on x86, "Features" on Arm) of native bfloat16 arithmetic
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU listed in ``path`` (empty where it cannot be read:
+    not Linux)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512-BF16 or AMX on x86, the BF16
+    extension on Arm; read from ``/proc/cpuinfo``, so ``False`` where that is missing). Without
+    it oneDNN emulates bfloat16: a matmul of the MLP's first layer took 186-200 ms against
+    21 ms in float32 on an AVX2-only EPYC (2 threads; docs/performance.md)."""
+    return bool(cpu_flags() & BF16_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,11 @@ class Tuning:
             28 against 118 ms, the second 98 against 160 ms), hence 2**18. On the CPU.
         gpu_conv_chunk: the same on a GPU, where chunks only bound the memory of decoded
             inputs (its kernels run best on whole batches).
+        native_bf16: whether the CPU computes bfloat16 natively; ``None`` (the default): ask
+            :func:`native_bf16`. Where it does not, the bfloat16 limits above do not apply:
+            the event sums run at any density (faster than an emulated bfloat16 matmul at
+            any: 42 against 189 ms at 60 %) and a convolution's dense gradient on its input
+            runs in float32 (exact, and faster there).
 
     Kernel-internal block sizes that numba compiles in (``lif_cpu.BLOCK``,
     ``sparse_linear.ROWS``) are constants of their kernels, not tuning values.
@@ -143,19 +177,36 @@ class Tuning:
     dense_min_rows: int = 1024
     conv_chunk: int = 1 << 18
     gpu_conv_chunk: int = 1 << 22
+    native_bf16: bool | None = None
 
-    def density_limit(self, dtype: torch.dtype, fan_out: int) -> float:
-        """The fraction of nonzero inputs above which a fully connected layer of ``fan_out``
-        outputs whose dense matmul runs in ``dtype`` takes that matmul instead of the event
-        sums."""
-        if dtype == torch.bfloat16 and fan_out >= self.min_fan_out_bf16:
+    def bf16_is_native(self) -> bool:
+        """``native_bf16``, or where that is ``None``, :func:`native_bf16` of this CPU."""
+        return native_bf16() if self.native_bf16 is None else self.native_bf16
+
+    def dense_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype stbp runs a dense CPU kernel in that it may choose itself (a convolution's
+        gradient on its input) when the layer computes in ``dtype``: bfloat16 only where the CPU
+        has it natively, float32 instead of an emulated one."""
+        return torch.float32 if dtype == torch.bfloat16 and not self.bf16_is_native() else dtype
+
+    def density_limit(self, dtype: torch.dtype, fan_out: int | None = None) -> float:
+        """The fraction of nonzero inputs above which a layer whose dense matmul/convolution
+        runs in ``dtype`` takes it instead of the event sums: a fully connected layer of
+        ``fan_out`` outputs, or a convolution (``None``). In bfloat16 without native support,
+        never (1.0)."""
+        if dtype != torch.bfloat16:
+            return self.max_density
+        if not self.bf16_is_native():
+            return 1.0
+        if fan_out is not None and fan_out >= self.min_fan_out_bf16:
             return self.max_density_bf16
         return self.max_density
 
     def grad_density_limit(self, dtype: torch.dtype) -> float:
         """The fraction of nonzero values in a convolution's error above which its gradient
-        on its input runs as the dense transposed convolution in ``dtype``."""
-        return self.max_grad_density_bf16 if dtype == torch.bfloat16 else self.max_grad_density
+        on its input runs as the dense transposed convolution in ``dense_dtype(dtype)``."""
+        return (self.max_grad_density_bf16 if self.dense_dtype(dtype) == torch.bfloat16
+                else self.max_grad_density)
 
 
 #: the values the library runs with
