@@ -1,5 +1,6 @@
 """Fuzzing the parsers of external files: configs (TOML), checkpoints (bytes, bit flips, crafted
-pickles), IDX headers, the N-MNIST frame cache, NIR files, images and scene boxes."""
+pickles), IDX headers, the N-MNIST frame cache, NIR files, images, scene boxes and
+/proc/cpuinfo."""
 
 from __future__ import annotations
 
@@ -312,3 +313,23 @@ def test_fuzz_scene_ground_truth(tmp_path, text):
         return
     for s in scenes:
         assert all(len(b) == 4 and b[2] > b[0] and b[3] > b[1] for b in s["boxes"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=400), st.lists(st.sampled_from(
+    ["flags", "Features", ":", "\t", " ", "\n", "avx512_bf16", "bf16", "amx_bf16", "processor",
+     "\x00", "\xff", "é"]), max_size=40).map("".join).map(str.encode)))
+def test_fuzz_cpuinfo(tmp_path, data):
+    """/proc/cpuinfo as the bfloat16 check reads it: any bytes give a set of flags (those of
+    the first "flags"/"Features" line, or none), never an error."""
+    from stbp.kernels.runtime import cpu_flags
+
+    path = tmp_path / "cpuinfo"
+    path.write_bytes(data)
+    flags = cpu_flags.__wrapped__(str(path))  # uncached: a file per example
+    assert isinstance(flags, frozenset) and all(isinstance(f, str) and f for f in flags)
+    text = data.decode("ascii", errors="replace")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # text mode's newlines
+    first = next((line for line in lines if line.partition(":")[0].strip() in ("flags", "Features")),
+                 None)
+    assert flags == (frozenset(first.partition(":")[2].split()) if first else frozenset())
