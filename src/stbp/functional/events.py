@@ -284,7 +284,7 @@ def _conv_input_grad(shape: torch.Size, weight: Tensor, g: Tensor, padding: int,
         return sparse_conv.input_grad(g, weight, shape, padding)
     if dtype == weight.dtype:  # a chunk of images at a time: oneDNN runs it ~1.5x faster
         grad = torch.empty(shape, dtype=weight.dtype)
-        step = max(1, tuning.conv_chunk // int(shape[1:].numel()))
+        step = tuning.images_per_chunk(shape, g.device)
         for lo in range(0, shape[0], step):
             hi = min(lo + step, shape[0])
             grad[lo:hi] = torch.nn.grad.conv2d_input((hi - lo, *shape[1:]), weight, g[lo:hi], 1,

@@ -155,7 +155,7 @@ class _Conv2d(torch.autograd.Function):
         grad_x = torch.empty(ctx.in_shape, dtype=dtype, device=g.device) if need_x else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=g.device) if need_w else None
         n = ctx.in_shape[0]
-        step = _images_per_chunk(ctx.in_shape, g.device, ctx.tuning)
+        step = ctx.tuning.images_per_chunk(ctx.in_shape, g.device)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             x = (_input_chunk(ctx, saved, lo, hi, dtype) if need_w
@@ -191,46 +191,38 @@ def _as_float(x: Tensor, weight: Tensor) -> Tensor:
     return x.to(_events.compute_dtype(weight)) if is_byte_spikes(x) else x
 
 
+def _by_chunks(op, x: Tensor, step: int) -> Tensor:
+    """``op`` over the rows (images) of ``x`` ``step`` at a time, into one output: ``op(x)``
+    when one chunk holds them all."""
+    if x.shape[0] <= step:
+        return op(x)
+    first = op(x[:step])
+    out = torch.empty((x.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
+    out[:step] = first
+    for lo in range(step, x.shape[0], step):
+        out[lo:lo + step] = op(x[lo:lo + step])
+    return out
+
+
 def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, tuning: Tuning) -> Tensor:
     """``F.linear``; byte spikes are turned into floats a chunk of rows at a time, so no
     full-size float copy of the input is made."""
     if not is_byte_spikes(x):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
-    step = _rows(rows.shape[1], tuning)
-    if rows.shape[0] <= step:
-        return F.linear(_as_float(x, weight), weight, bias)
-    first = F.linear(_as_float(rows[:step], weight), weight, bias)
-    out = torch.empty((rows.shape[0], first.shape[1]), dtype=first.dtype, device=first.device)
-    out[:step] = first
-    for lo in range(step, rows.shape[0], step):
-        out[lo:lo + step] = F.linear(_as_float(rows[lo:lo + step], weight), weight, bias)
-    return out.reshape(*x.shape[:-1], first.shape[1])
-
-
-def _images_per_chunk(shape: torch.Size, device: torch.device, tuning: Tuning) -> int:
-    """Images ``shape`` ``[N, C, H, W]`` per chunk of a dense convolution's forward or
-    backward: ``tuning.conv_chunk`` input values on the CPU, ``tuning.gpu_conv_chunk``
-    elsewhere."""
-    values = tuning.conv_chunk if device.type == "cpu" else tuning.gpu_conv_chunk
-    return max(1, values // max(1, int(torch.Size(shape[1:]).numel())))
+    out = _by_chunks(lambda r: F.linear(_as_float(r, weight), weight, bias), rows,
+                     _rows(rows.shape[1], tuning))
+    return out.reshape(*x.shape[:-1], out.shape[1])
 
 
 def _conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int,
                   tuning: Tuning) -> Tensor:
     """``F.conv2d`` over ``x`` ``[N, C, H, W]`` a chunk of images at a time
-    (:func:`_images_per_chunk`: oneDNN's float32 convolution runs up to 4x faster so than over
+    (``tuning.images_per_chunk``: oneDNN's float32 convolution runs up to 4x faster so than over
     a whole T·B batch; byte spikes become floats one chunk at a time)."""
-    step = _images_per_chunk(x.shape, x.device, tuning) if x.dim() == 4 else x.shape[0]
-    if x.shape[0] <= step:
-        return F.conv2d(_as_float(x, weight), weight, bias, stride, padding)
-    first = F.conv2d(_as_float(x[:step], weight), weight, bias, stride, padding)
-    out = torch.empty((x.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
-    out[:step] = first
-    for lo in range(step, x.shape[0], step):
-        out[lo:lo + step] = F.conv2d(_as_float(x[lo:lo + step], weight), weight, bias, stride,
-                                     padding)
-    return out
+    step = tuning.images_per_chunk(x.shape, x.device) if x.dim() == 4 else x.shape[0]
+    return _by_chunks(lambda c: F.conv2d(_as_float(c, weight), weight, bias, stride, padding), x,
+                      step)
 
 
 def _as_bytes(x: Tensor | Spikes, weight: Tensor) -> Tensor | Spikes:

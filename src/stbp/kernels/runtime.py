@@ -202,6 +202,12 @@ class Tuning:
             return self.max_density_bf16
         return self.max_density
 
+    def images_per_chunk(self, shape: torch.Size | tuple[int, ...], device: torch.device) -> int:
+        """Images of ``shape`` ``[N, C, H, W]`` per chunk of a dense convolution's forward or
+        backward: ``conv_chunk`` input values on the CPU, ``gpu_conv_chunk`` elsewhere."""
+        values = self.conv_chunk if device.type == "cpu" else self.gpu_conv_chunk
+        return max(1, values // max(1, int(torch.Size(shape[1:]).numel())))
+
     def grad_density_limit(self, dtype: torch.dtype) -> float:
         """The fraction of nonzero values in a convolution's error above which its gradient
         on its input runs as the dense transposed convolution in ``dense_dtype(dtype)``."""
